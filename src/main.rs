@@ -1,0 +1,3 @@
+fn main() {
+    println!("libtorch linked; cuda available: {}", tch::Cuda::is_available());
+}
