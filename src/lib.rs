@@ -7,5 +7,6 @@
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod checkpoint;
 pub mod lars;
 pub mod schedule;
