@@ -6,5 +6,6 @@
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod error;
 pub mod matching;
+pub mod resnet;
 
 pub use error::{Error, Result};
