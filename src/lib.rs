@@ -5,7 +5,11 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod error;
+pub mod heads;
+pub mod loss;
 pub mod matching;
+pub mod momentum;
+pub mod ppm;
 pub mod resnet;
 
 pub use error::{Error, Result};
