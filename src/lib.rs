@@ -8,6 +8,7 @@ pub mod error;
 pub mod heads;
 pub mod loss;
 pub mod matching;
+pub mod model;
 pub mod momentum;
 pub mod ppm;
 pub mod resnet;
