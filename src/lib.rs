@@ -5,6 +5,13 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod error;
+pub mod heads;
+pub mod loss;
+pub mod matching;
+pub mod model;
+pub mod momentum;
+pub mod ppm;
+pub mod resnet;
 
 pub use error::{Error, Result};
 pub mod checkpoint;
