@@ -4,6 +4,7 @@
 //! coordinates) -> [`loader`] (batches) -> model ([`resnet`], [`heads`],
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
 //! [`checkpoint`] and metrics, driven by [`train`].
+pub mod dataset;
 pub mod error;
 
 pub use error::{Error, Result};
