@@ -6,5 +6,6 @@
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod dataset;
 pub mod error;
+pub mod views;
 
 pub use error::{Error, Result};
