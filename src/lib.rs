@@ -1,19 +1,21 @@
 //! PixPro: pixel-level self-supervised pretraining (Xie et al., CVPR 2021).
 //!
 //! Data flows one way: files -> [`dataset`] -> [`views`] (two crops and their
-//! coordinates) -> [`loader`] (batches) -> model ([`resnet`], [`heads`],
-//! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
-//! [`checkpoint`] and metrics, driven by [`train`].
+//! coordinates) -> [`loader`] (batches) -> [`model`] ([`resnet`], [`heads`],
+//! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
+//! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`].
+pub mod checkpoint;
+pub mod dataset;
 pub mod error;
 pub mod heads;
+pub mod lars;
 pub mod loss;
 pub mod matching;
 pub mod model;
 pub mod momentum;
 pub mod ppm;
 pub mod resnet;
+pub mod schedule;
+pub mod views;
 
 pub use error::{Error, Result};
-pub mod checkpoint;
-pub mod lars;
-pub mod schedule;

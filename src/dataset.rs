@@ -1,0 +1,289 @@
+//! A folder of unlabelled photos: find them, check them up front, decode one
+//! to RGB8 on demand (the input side of spec section 1).
+use std::path::{Path, PathBuf};
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// File name extensions we treat as images (compared case-insensitively).
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Largest image we agree to decode. Generous enough for a 100 MP camera
+/// file, small enough that a decompression bomb (a few KB claiming
+/// 50000 x 50000 pixels) is refused before anything is allocated.
+pub const MAX_MEGAPIXELS: u64 = 200;
+
+/// Bytes per pixel of the widest colour type we accept (RGBA, 16 bits), so
+/// the decoder's allocation limit follows from [`MAX_MEGAPIXELS`].
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// What a scan found besides the usable images.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanReport {
+    /// Files with an image extension whose header cannot be read, and why.
+    pub bad: Vec<(PathBuf, String)>,
+    /// Files that do not have an image extension.
+    pub other_files: usize,
+}
+
+/// The readable images under one folder, in a fixed (sorted) order so that an
+/// index means the same file on every machine and every run.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Dataset {
+    /// Finds every JPEG/PNG/WebP file under `root` (any depth, following
+    /// symbolic links) and reads each header in parallel, so that a broken
+    /// file is reported now rather than hours into training.
+    ///
+    /// Fails when `root` is missing or is not a folder, or when it holds no
+    /// readable image; unreadable images otherwise go to [`ScanReport::bad`].
+    pub fn scan(root: &Path) -> Result<(Dataset, ScanReport)> {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+        if !meta.is_dir() {
+            return Err(Error::data(root, "is not a folder"));
+        }
+
+        let mut candidates = Vec::new();
+        let mut report = ScanReport::default();
+        for entry in walkdir::WalkDir::new(root).follow_links(true) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    // A symlink loop or an unreadable sub-folder should not
+                    // hide the rest of the data set; it is reported instead.
+                    let path = e.path().unwrap_or(root).to_path_buf();
+                    report.bad.push((path, e.to_string()));
+                    continue;
+                }
+            };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            if has_image_extension(entry.path()) {
+                candidates.push(entry.into_path());
+            } else {
+                report.other_files += 1;
+            }
+        }
+        candidates.sort();
+
+        let checked: Vec<_> = candidates
+            .into_par_iter()
+            .map(|p| {
+                let res = check_header(&p);
+                (p, res)
+            })
+            .collect();
+        let mut paths = Vec::with_capacity(checked.len());
+        for (path, res) in checked {
+            match res {
+                Ok(()) => paths.push(path),
+                Err(reason) => report.bad.push((path, reason)),
+            }
+        }
+
+        if paths.is_empty() {
+            let reason = match report.bad.first() {
+                Some((first, why)) => format!(
+                    "none of the {} images could be read; first: {}: {why}",
+                    report.bad.len(),
+                    first.strip_prefix(root).unwrap_or(first).display()
+                ),
+                None => {
+                    format!("no JPEG/PNG/WebP images found ({} other files)", report.other_files)
+                }
+            };
+            return Err(Error::data(root, reason));
+        }
+        Ok((Dataset { root: root.to_path_buf(), paths }, report))
+    }
+
+    /// The folder this data set was scanned from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Number of readable images.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Always false: [`Dataset::scan`] refuses a folder without images.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Path of image `i`. Panics when `i >= len()`, like slice indexing.
+    pub fn path(&self, i: usize) -> &Path {
+        &self.paths[i]
+    }
+
+    /// Decodes image `i` to RGB8, upright. Panics when `i >= len()`.
+    pub fn load(&self, i: usize) -> Result<RgbImage> {
+        load_rgb(&self.paths[i])
+    }
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_MEGAPIXELS * 1_000_000 * MAX_BYTES_PER_PIXEL);
+    limits
+}
+
+fn open(
+    path: &Path,
+) -> std::result::Result<ImageReader<std::io::BufReader<std::fs::File>>, String> {
+    // The content decides the format: photo collections often hold PNGs
+    // named .jpg, which the extension alone would send to the wrong decoder.
+    let mut reader =
+        ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| e.to_string())?;
+    reader.limits(limits());
+    Ok(reader)
+}
+
+fn check_size(width: u32, height: u32) -> std::result::Result<(), String> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(format!("image is {width} x {height} pixels"));
+    }
+    if pixels > MAX_MEGAPIXELS * 1_000_000 {
+        return Err(format!(
+            "image is {width} x {height} pixels ({} MP), more than the {MAX_MEGAPIXELS} MP we decode",
+            pixels / 1_000_000
+        ));
+    }
+    Ok(())
+}
+
+/// Reads only the header: cheap enough to run on every file at start-up.
+fn check_header(path: &Path) -> std::result::Result<(), String> {
+    let (w, h) = open(path)?.into_dimensions().map_err(|e| e.to_string())?;
+    check_size(w, h)
+}
+
+/// Decodes any supported file to RGB8 with its EXIF orientation applied.
+/// Alpha is dropped (not composited), 16-bit and grey images are converted.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+    let mut decoder = open(path).map_err(err)?.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    check_size(w, h).map_err(err)?;
+    // A malformed EXIF block should not cost us an otherwise good photo.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
+
+    fn write_rgb(path: &Path, w: u32, h: u32) {
+        RgbImage::from_fn(w, h, |x, y| Rgb([x as u8, y as u8, 7])).save(path).unwrap();
+    }
+
+    #[test]
+    fn scan_finds_nested_images_sorted_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("b/deep")).unwrap();
+        write_rgb(&root.join("b/deep/z.PNG"), 5, 4);
+        write_rgb(&root.join("a.jpg"), 8, 8);
+        write_rgb(&root.join("b/m.JPEG"), 8, 8);
+        std::fs::write(root.join("notes.txt"), "hello").unwrap();
+        std::fs::write(root.join("broken.png"), "not a png at all").unwrap();
+
+        let (ds, report) = Dataset::scan(root).unwrap();
+        let names: Vec<_> =
+            (0..ds.len()).map(|i| ds.path(i).strip_prefix(root).unwrap().to_path_buf()).collect();
+        assert_eq!(
+            names,
+            vec![PathBuf::from("a.jpg"), PathBuf::from("b/deep/z.PNG"), PathBuf::from("b/m.JPEG")]
+        );
+        assert_eq!(report.other_files, 1);
+        assert_eq!(report.bad.len(), 1);
+        assert!(report.bad[0].0.ends_with("broken.png"));
+        assert_eq!(ds.load(1).unwrap().dimensions(), (5, 4));
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn scan_follows_symlinked_folders() {
+        let data = tempfile::tempdir().unwrap();
+        write_rgb(&data.path().join("x.png"), 3, 3);
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(data.path(), dir.path().join("linked")).unwrap();
+        let (ds, _) = Dataset::scan(dir.path()).unwrap();
+        assert_eq!(ds.len(), 1);
+    }
+
+    #[test]
+    fn scan_errors_say_what_was_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+        let msg = Dataset::scan(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("no JPEG/PNG/WebP images found (1 other files)"), "{msg}");
+
+        std::fs::write(dir.path().join("a.jpg"), "not a jpeg").unwrap();
+        let msg = Dataset::scan(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("none of the 1 images could be read; first: a.jpg"), "{msg}");
+
+        let missing = dir.path().join("nope");
+        let msg = Dataset::scan(&missing).unwrap_err().to_string();
+        assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn load_converts_any_colour_type_to_rgb8() {
+        let dir = tempfile::tempdir().unwrap();
+        let gray = dir.path().join("g.png");
+        GrayImage::from_pixel(4, 3, Luma([200])).save(&gray).unwrap();
+        let rgba = dir.path().join("a.png");
+        RgbaImage::from_pixel(4, 3, Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
+        let deep = dir.path().join("d.png");
+        ImageBuffer::<Luma<u16>, _>::from_pixel(4, 3, Luma([65535u16])).save(&deep).unwrap();
+
+        assert_eq!(load_rgb(&gray).unwrap().get_pixel(1, 1), &Rgb([200, 200, 200]));
+        assert_eq!(load_rgb(&rgba).unwrap().get_pixel(1, 1), &Rgb([10, 20, 30]));
+        assert_eq!(load_rgb(&deep).unwrap().get_pixel(1, 1), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn load_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cut.png");
+        let mut bytes = Vec::new();
+        RgbImage::from_pixel(64, 64, Rgb([1, 2, 3]))
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let msg = load_rgb(&p).unwrap_err().to_string();
+        assert!(msg.contains("cut.png"), "{msg}");
+    }
+
+    #[test]
+    fn huge_dimensions_are_refused_before_decoding() {
+        assert!(check_size(20_000, 10_000).is_ok());
+        let msg = check_size(50_000, 50_000).unwrap_err();
+        assert!(msg.contains("2500 MP"), "{msg}");
+        assert!(check_size(0, 10).is_err());
+    }
+}
