@@ -5,7 +5,6 @@
 //!
 //! Every random choice comes from a ChaCha stream keyed by (seed, purpose, item index), so the
 //! output is byte-identical for a seed however rayon schedules the work.
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -249,7 +248,7 @@ struct Manifest<'a> {
     stamps_a: Vec<StampEntry<'a>>,
     stamps_b: Vec<StampEntry<'a>>,
     /// Stamps under a class folder that failed the photo test, with the reason.
-    rejected_stamps: Vec<(String, String)>,
+    rejected_stamps: Vec<Rejected>,
     pretrain: &'a [SceneRecord],
     train: &'a [SceneRecord],
     val: &'a [SceneRecord],
@@ -456,6 +455,7 @@ fn packaging_reject(path: &Path, id: &str) -> Option<&'static str> {
     if path.with_extension("svg").exists() {
         return Some("raster fallback of an SVG drawing");
     }
+    // Most stamps have no `.dat`: no flags.
     let dat = fs::read_to_string(path.with_extension("dat")).unwrap_or_default();
     if dat.lines().any(|l| matches!(l.trim(), "colorable" | "tintable")) {
         return Some("colorable/tintable drawing");
@@ -530,8 +530,11 @@ fn decode_stamp(path: &Path) -> Result<std::result::Result<RgbaImage, &'static s
     })
 }
 
-/// Photo-like stamps under class folders, sorted by id, and the (id, reason) of the rejected.
-fn find_stamps(root: &Path, size: u32) -> Result<(Vec<Stamp>, Vec<(String, String)>)> {
+/// A stamp under a class folder that is not a photo cutout: (id, reason).
+type Rejected = (String, String);
+
+/// Photo-like stamps under class folders, sorted by id, and the rejected ones.
+fn find_stamps(root: &Path, size: u32) -> Result<(Vec<Stamp>, Vec<Rejected>)> {
     if !root.is_dir() {
         return Err(missing_sources(root, "no Tux Paint stamp folder".into()));
     }
@@ -623,12 +626,11 @@ fn resize_rgba(src: &RgbaImage, w: u32, h: u32) -> RgbaImage {
     })
 }
 
-/// Splits each class's stamps ~7:3 by identity into A and B; returns stamp indices per class.
-fn split_stamps(
-    stamps: &[Stamp],
-    seed: u64,
-    root: &Path,
-) -> Result<(Vec<Vec<usize>>, Vec<Vec<usize>>)> {
+/// Stamp indices per class (index 0, background, stays empty).
+type ClassPools = Vec<Vec<usize>>;
+
+/// Splits each class's stamps ~7:3 by identity into A and B.
+fn split_stamps(stamps: &[Stamp], seed: u64, root: &Path) -> Result<(ClassPools, ClassPools)> {
     let (mut a, mut b) = (vec![Vec::new(); CLASSES.len()], vec![Vec::new(); CLASSES.len()]);
     for class in 1..CLASSES.len() {
         let mut ids: Vec<usize> =
@@ -985,7 +987,7 @@ fn readme(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use image::Rgb;
     use serde_json::Value;
