@@ -16,6 +16,7 @@ pub mod momentum;
 pub mod ppm;
 pub mod resnet;
 pub mod schedule;
+pub mod tuxseg;
 pub mod views;
 
 pub use error::{Error, Result};
