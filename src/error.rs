@@ -23,6 +23,9 @@ pub enum Error {
     /// A checkpoint that cannot be read, or that does not fit the model.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    /// The loss of a step was NaN or infinite; nothing of that step was applied.
+    #[error("the loss became {value} at step {step}; lower optim.lr_per_256, or start a new run")]
+    NonFinite { step: u64, value: f64 },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -3,8 +3,11 @@
 //! Data flows one way: files -> [`dataset`] -> [`views`] (two crops and their
 //! coordinates) -> [`loader`] (batches) -> [`model`] ([`resnet`], [`heads`],
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
-//! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`].
+//! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`] and timed
+//! by [`bench`]; [`config`] holds the one typed configuration.
+pub mod bench;
 pub mod checkpoint;
+pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod heads;
@@ -16,6 +19,7 @@ pub mod momentum;
 pub mod ppm;
 pub mod resnet;
 pub mod schedule;
+pub mod train;
 pub mod tuxseg;
 pub mod views;
 

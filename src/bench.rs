@@ -1,0 +1,138 @@
+//! `pixpro bench`: times the data pipeline alone and the full PixPro training
+//! step (two views, online forward and backward, target forward, PPM, loss,
+//! LARS, momentum update) on real images, in one process.
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::train::{open_loader, pick_device, Trainer};
+use crate::{Error, Result};
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub arch: String,
+    pub image_size: u32,
+    pub batch_size: usize,
+    pub output_stride: u32,
+    pub device: String,
+    pub torch_threads: i32,
+    pub workers: usize,
+    pub steps: usize,
+    /// Training throughput from the median step time.
+    pub images_per_sec: f64,
+    pub step_ms_median: f64,
+    pub step_ms_min: f64,
+    pub step_ms_max: f64,
+    /// Share of the timed steps spent waiting for the loader.
+    pub data_wait_fraction: f64,
+    /// Two-view samples per second of the loader alone, and per worker thread.
+    pub data_images_per_sec: f64,
+    pub data_images_per_sec_per_worker: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Runs `warmup` untimed and `steps` timed training steps of `cfg` on `data`,
+/// after timing the loader alone over the same number of batches.
+pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<BenchReport> {
+    cfg.validate()?;
+    if steps == 0 {
+        return Err(Error::config("--steps", "must be at least 1"));
+    }
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
+    let device = pick_device(cfg.train.device)?;
+    let torch_threads = tch::get_num_threads();
+    let loader = open_loader(cfg, data, torch_threads.max(1) as usize)?;
+    let workers = loader.workers();
+
+    let mut batches = loader.iter_from(0, 0);
+    let first = batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+    }
+    let data_images_per_sec = (steps * first.indices.len()) as f64 / t0.elapsed().as_secs_f64();
+    drop(batches);
+
+    let mut trainer = Trainer::new(cfg, loader.batches_per_epoch(), device)?;
+    let mut batches = loader.iter_from(0, 0);
+    let mut times = Vec::with_capacity(steps);
+    let (mut waited, mut total) = (0.0, 0.0);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let batch = batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+        let w = t.elapsed().as_secs_f64();
+        trainer.train_step(&batch)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        let dt = t.elapsed().as_secs_f64();
+        if i >= warmup {
+            times.push(dt * 1e3);
+            waited += w;
+            total += dt;
+        }
+    }
+    let step_ms_median = median(&mut times.clone());
+    Ok(BenchReport {
+        arch: cfg.model.arch.to_string(),
+        image_size: cfg.augment.image_size,
+        batch_size: cfg.train.batch_size,
+        output_stride: cfg.model.output_stride,
+        device: format!("{device:?}"),
+        torch_threads,
+        workers,
+        steps,
+        images_per_sec: cfg.train.batch_size as f64 / (step_ms_median / 1e3),
+        step_ms_median,
+        step_ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        step_ms_max: times.iter().copied().fold(0.0, f64::max),
+        data_wait_fraction: waited / total,
+        data_images_per_sec,
+        data_images_per_sec_per_worker: data_images_per_sec / workers as f64,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        let mb = peak_rss_mb();
+        assert!(mb > 1.0 && mb < 1e6, "{mb}");
+    }
+}

@@ -1,0 +1,314 @@
+//! The one typed configuration of a pretraining run (TOML), its presets and
+//! its validation. Everything a run does is decided here, once, at start.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lars::LarsConfig;
+use crate::model::ModelConfig;
+use crate::resnet::Arch;
+use crate::views::AugmentConfig;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub augment: AugmentConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+}
+
+/// LARS and the learning-rate schedule (spec section 6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Learning rate for a global batch of 256; scaled linearly with the batch.
+    pub lr_per_256: f64,
+    pub warmup_epochs: f64,
+    pub warmup_start_factor: f64,
+    pub final_lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub eta: f64,
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        let l = LarsConfig::default();
+        OptimConfig {
+            lr_per_256: 1.0,
+            warmup_epochs: 5.0,
+            warmup_start_factor: 0.01,
+            final_lr: 1e-6,
+            momentum: l.momentum,
+            weight_decay: l.weight_decay,
+            eta: l.eta,
+            eps: l.eps,
+        }
+    }
+}
+
+impl OptimConfig {
+    pub fn lars(&self) -> LarsConfig {
+        LarsConfig { momentum: self.momentum, weight_decay: self.weight_decay, eta: self.eta, eps: self.eps }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// How long to train and how to run it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Images per process and step (two views each), as in the reference.
+    pub batch_size: usize,
+    /// Length of the run in epochs over the data; `steps` wins when both are set.
+    pub epochs: Option<u64>,
+    pub steps: Option<u64>,
+    pub seed: u64,
+    /// Loader threads; 0 picks from the cores libtorch leaves free.
+    pub workers: usize,
+    /// Batches the loader prepares ahead of the model.
+    pub prefetch: usize,
+    /// libtorch intra-op threads; 0 keeps libtorch's default (all cores).
+    pub threads: usize,
+    /// Save `checkpoints/last.safetensors` and a numbered copy every N steps.
+    pub checkpoint_every: u64,
+    /// Append a line to metrics.jsonl every N steps.
+    pub log_every: u64,
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 128,
+            epochs: Some(100),
+            steps: None,
+            seed: 0,
+            workers: 0,
+            prefetch: 4,
+            threads: 0,
+            checkpoint_every: 1000,
+            log_every: 10,
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+/// Named starting points; a config file or flags change them further.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The reference recipe: ResNet-50, 224 px, batch 1024 over 8 GPUs, 100 epochs.
+    #[value(name = "paper-r50")]
+    PaperR50,
+    /// Learns something useful in about 20 minutes on 2 CPU cores.
+    Cpu,
+}
+
+impl Preset {
+    pub fn config(self) -> Config {
+        match self {
+            Preset::PaperR50 => Config::default(),
+            Preset::Cpu => {
+                let mut c = Config::default();
+                c.model.arch = Arch::ResNet18;
+                c.model.output_stride = 16;
+                c.model.proj_hidden = 2048;
+                c.augment.image_size = 96;
+                c.optim.warmup_epochs = 1.0;
+                c.train.batch_size = 32;
+                c.train.epochs = None;
+                c.train.steps = Some(1000);
+                c.train.checkpoint_every = 100;
+                c
+            }
+        }
+    }
+}
+
+impl Default for Config {
+    /// The paper's ResNet-50 recipe (spec sections 1-6) for one process of
+    /// the reference's eight: batch 128 per process.
+    fn default() -> Self {
+        Config {
+            model: ModelConfig::default(),
+            augment: AugmentConfig::default(),
+            optim: OptimConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::config(key, format!("must be a positive number, got {v}")))
+    }
+}
+
+impl Config {
+    /// Reads a TOML file on top of `base`: keys it names replace the base's.
+    pub fn from_toml_file(path: &Path, base: &Config) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, base).map_err(|e| match e {
+            Error::Config { key, reason } => {
+                Error::Config { key, reason: format!("{reason} (in {})", path.display()) }
+            }
+            other => other,
+        })
+    }
+
+    pub fn from_toml_str(text: &str, base: &Config) -> Result<Config> {
+        let mut merged = toml::Table::try_from(base)
+            .map_err(|e| Error::config("(base)", format!("cannot serialise: {e}")))?;
+        let overlay: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        merge(&mut merged, overlay);
+        merged.try_into().map_err(toml_error)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
+    }
+
+    /// Checks every value once, before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.augment.validate()?;
+        self.optim.lars().validate()?;
+        positive("optim.lr_per_256", self.optim.lr_per_256)?;
+        if !(self.optim.warmup_epochs >= 0.0 && self.optim.warmup_epochs.is_finite()) {
+            return Err(Error::config(
+                "optim.warmup_epochs",
+                format!("must be >= 0, got {}", self.optim.warmup_epochs),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.optim.warmup_start_factor) {
+            return Err(Error::config(
+                "optim.warmup_start_factor",
+                format!("must be in [0, 1], got {}", self.optim.warmup_start_factor),
+            ));
+        }
+        if !(self.optim.final_lr >= 0.0 && self.optim.final_lr.is_finite()) {
+            return Err(Error::config("optim.final_lr", format!("must be >= 0, got {}", self.optim.final_lr)));
+        }
+        let t = &self.train;
+        if t.batch_size < 2 {
+            return Err(Error::config(
+                "train.batch_size",
+                format!("must be at least 2 (BatchNorm needs several images), got {}", t.batch_size),
+            ));
+        }
+        match (t.steps, t.epochs) {
+            (Some(0), _) => return Err(Error::config("train.steps", "must be at least 1")),
+            (None, Some(0)) => return Err(Error::config("train.epochs", "must be at least 1")),
+            (None, None) => {
+                return Err(Error::config("train.steps", "set train.steps or train.epochs"))
+            }
+            _ => {}
+        }
+        if t.prefetch == 0 {
+            return Err(Error::config("train.prefetch", "must be at least 1"));
+        }
+        if t.checkpoint_every == 0 {
+            return Err(Error::config("train.checkpoint_every", "must be at least 1"));
+        }
+        if t.log_every == 0 {
+            return Err(Error::config("train.log_every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn toml_error(e: toml::de::Error) -> Error {
+    // toml names the unknown key in its message but not always a path to it,
+    // so keep its whole text: it quotes the offending line.
+    let msg = e.message().trim().to_string();
+    let key = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.starts_with("unknown field"))
+        .unwrap_or("(file)")
+        .to_string();
+    let reason = match e.span() {
+        Some(span) => format!("{msg} (at bytes {}..{})", span.start, span.end),
+        None => msg,
+    };
+    Error::Config { key, reason }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_round_trip_through_toml() {
+        for p in [Preset::PaperR50, Preset::Cpu] {
+            let c = p.config();
+            c.validate().unwrap();
+            let back = Config::from_toml_str(&c.to_toml(), &Config::default()).unwrap();
+            assert_eq!(back, c, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn paper_preset_has_the_spec_values() {
+        let c = Preset::PaperR50.config();
+        assert_eq!(c.model.arch, Arch::ResNet50);
+        assert_eq!(c.augment.image_size, 224);
+        assert_eq!(c.train.batch_size * 8, 1024);
+        assert_eq!(c.train.epochs, Some(100));
+        assert_eq!(c.optim.lr_per_256, 1.0);
+        assert_eq!(c.optim.warmup_epochs, 5.0);
+        assert_eq!(c.optim.weight_decay, 1e-5);
+        assert_eq!(c.model.threshold, 0.7);
+        assert_eq!(c.model.ppm_gamma, 2.0);
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let c = Config::from_toml_str("[train]\nbatch_size = 16\n", &Preset::Cpu.config()).unwrap();
+        assert_eq!(c.train.batch_size, 16);
+        assert_eq!(c.model.arch, Arch::ResNet18);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[train]\nbatch_sise = 16\n", &Config::default()).unwrap_err();
+        assert!(err.to_string().contains("batch_sise"), "{err}");
+        let err = Config::from_toml_str("[trian]\n", &Config::default()).unwrap_err();
+        assert!(err.to_string().contains("trian"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let mut c = Config::default();
+        c.train.batch_size = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("train.batch_size"));
+        let c = Config::from_toml_str("[optim]\nlr_per_256 = -1.0\n", &Config::default()).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("optim.lr_per_256"));
+        let err = Config::from_toml_str("[train]\nbatch_size = \"many\"\n", &Config::default()).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+}

@@ -1,0 +1,469 @@
+//! The pretraining loop: batches -> model -> loss -> LARS + momentum update
+//! -> checkpoints and metrics, in a run directory that can be resumed.
+//!
+//! A run directory holds `config.toml` (the full resolved config),
+//! `metrics.jsonl` (one JSON object per logged step), `checkpoints/`
+//! (`last.safetensors` plus numbered copies) and `summary.json` at the end.
+use std::fs::{self, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, Checkpoint, Meta, FORMAT_VERSION};
+use crate::config::{Config, DeviceChoice};
+use crate::dataset::Dataset;
+use crate::lars::Lars;
+use crate::loader::{Batch, Loader, LoaderConfig};
+use crate::model::PixPro;
+use crate::momentum::momentum_at;
+use crate::schedule::LrSchedule;
+use crate::{Error, Result};
+
+/// The files of one run.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn last_checkpoint(&self) -> PathBuf {
+        self.checkpoints().join("last.safetensors")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+    /// A run with a checkpoint to continue from.
+    pub fn can_resume(&self) -> bool {
+        self.last_checkpoint().exists()
+    }
+}
+
+/// What the caller decides beyond the config.
+pub struct RunOptions {
+    pub data: PathBuf,
+    pub run: RunDir,
+    /// Stop (with a checkpoint) once this many steps are done in total,
+    /// before the configured end: for time-sliced machines and tests.
+    pub stop_at: Option<u64>,
+    /// No progress bar or per-step lines.
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub steps_done: u64,
+    pub total_steps: u64,
+    pub finished: bool,
+    /// Why the run stopped early, if it did.
+    pub stopped_by: Option<String>,
+    pub final_loss: Option<f64>,
+    pub wall_s: f64,
+    pub images_per_sec: f64,
+    pub data_wait_fraction: f64,
+    pub replaced_images: usize,
+    pub device: String,
+    pub run_dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct MetricsLine {
+    step: u64,
+    epoch: u64,
+    loss: f64,
+    loss_avg: f64,
+    lr: f64,
+    momentum: f64,
+    images_per_sec: f64,
+    data_wait_fraction: f64,
+    target_std: f64,
+    positive_fraction: f64,
+    replaced_images: usize,
+}
+
+pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::config(
+            "train.device",
+            "cuda was asked for but libtorch sees no CUDA device (use --device cpu, or check the driver)",
+        )),
+    }
+}
+
+/// Loader threads: what libtorch's intra-op threads leave of the cores, at
+/// least one.
+pub fn auto_workers(torch_threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    cores.saturating_sub(torch_threads).max(1)
+}
+
+fn batch_tensors(b: &Batch, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let n = b.indices.len() as i64;
+    let s = b.image_size as i64;
+    let pixels = |v: &[f32]| Tensor::from_slice(v).view([n, 3, s, s]).to_device(device);
+    let coords = |c: &[[f32; 4]]| {
+        let flat: Vec<f32> = c.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).view([n, 4]).to_device(device)
+    };
+    (pixels(&b.view1), pixels(&b.view2), coords(&b.coords1), coords(&b.coords2))
+}
+
+/// Total steps of the run for a data set of `batches_per_epoch`.
+pub fn total_steps(cfg: &Config, batches_per_epoch: usize) -> u64 {
+    cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * batches_per_epoch as u64)
+}
+
+pub fn lr_schedule(cfg: &Config, batches_per_epoch: usize, world_size: usize) -> LrSchedule {
+    let global_batch = (cfg.train.batch_size * world_size) as f64;
+    LrSchedule {
+        peak: cfg.optim.lr_per_256 * global_batch / 256.0,
+        warmup_steps: (cfg.optim.warmup_epochs * batches_per_epoch as f64).round() as u64,
+        total_steps: total_steps(cfg, batches_per_epoch),
+        warmup_start_factor: cfg.optim.warmup_start_factor,
+        final_lr: cfg.optim.final_lr,
+    }
+}
+
+/// What one optimiser step did.
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub target_std: f64,
+    pub positive_fraction: f64,
+}
+
+/// The model, its optimiser and schedules: one PixPro step at a time.
+pub struct Trainer {
+    pub model: PixPro,
+    opt: Lars,
+    schedule: LrSchedule,
+    momentum_base: f64,
+    device: Device,
+    /// Steps taken so far.
+    pub step: u64,
+    pub total_steps: u64,
+}
+
+impl Trainer {
+    pub fn new(cfg: &Config, batches_per_epoch: usize, device: Device) -> Result<Trainer> {
+        tch::manual_seed(cfg.train.seed as i64);
+        let model = PixPro::new(cfg.model.clone(), device)?;
+        let opt = Lars::new(&model.online, cfg.optim.lars());
+        let schedule = lr_schedule(cfg, batches_per_epoch, 1);
+        Ok(Trainer {
+            model,
+            opt,
+            schedule,
+            momentum_base: cfg.model.momentum_base,
+            device,
+            step: 0,
+            total_steps: schedule.total_steps,
+        })
+    }
+
+    /// Spec sections 4-6 for one batch: momentum update of the target, loss
+    /// of both directions, backward, LARS. A non-finite loss is returned as
+    /// an error before anything touches the online weights or the optimiser.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
+        let (v1, v2, c1, c2) = batch_tensors(batch, self.device);
+        let tau = momentum_at(self.step, self.total_steps, self.momentum_base);
+        let lr = self.schedule.at(self.step);
+        self.model.momentum_update(tau);
+        let out = self.model.forward_loss(&v1, &v2, &c1, &c2)?;
+        let loss = out.loss.to_kind(Kind::Double).double_value(&[]);
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { step: self.step + 1, value: loss });
+        }
+        self.opt.zero_grad();
+        out.loss.backward();
+        self.opt.step(lr);
+        self.step += 1;
+        Ok(StepStats {
+            loss,
+            lr,
+            momentum: tau,
+            target_std: out.target_std,
+            positive_fraction: out.positive_fraction,
+        })
+    }
+
+    pub fn save(&self, path: &std::path::Path, mut meta: Meta) -> Result<()> {
+        meta.step = self.step;
+        meta.total_steps = self.total_steps;
+        Checkpoint::save(
+            path,
+            &meta,
+            &[
+                ("online", checkpoint::named(&self.model.online)),
+                ("target", checkpoint::named(&self.model.target)),
+                ("optim", self.opt.state()),
+            ],
+        )
+    }
+
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        ck.restore("online", &mut self.model.online)?;
+        ck.restore("target", &mut self.model.target)?;
+        let optim = ck.group("optim");
+        let device = self.device;
+        self.opt
+            .load_state(|n| optim.get(n).map(|t| t.to_device(device)))
+            .map_err(|reason| Error::Checkpoint { path: ck.path.clone(), reason })?;
+        self.step = ck.meta.step;
+        Ok(())
+    }
+}
+
+/// Trains `cfg` on the images under `opts.data`, continuing from the run's
+/// last checkpoint when there is one.
+pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    let run = &opts.run;
+    let started = Instant::now();
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
+    let device = pick_device(cfg.train.device)?;
+    let loader = open_loader(cfg, &opts.data, tch::get_num_threads().max(1) as usize)?;
+    let per_epoch = loader.batches_per_epoch() as u64;
+    let mut trainer = Trainer::new(cfg, per_epoch as usize, device)?;
+    let total = trainer.total_steps;
+
+    fs::create_dir_all(run.checkpoints()).map_err(|e| Error::io(run.checkpoints(), e))?;
+    if run.can_resume() {
+        trainer.restore(&Checkpoint::load(&run.last_checkpoint())?)?;
+        tracing::info!("resuming {} at step {} of {total}", run.root.display(), trainer.step);
+    }
+    let config_text = cfg.to_toml();
+    checkpoint::write_atomically(&run.config(), config_text.as_bytes())?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .map_err(|e| Error::io(run.metrics(), e))?;
+
+    let stop_at = opts.stop_at.unwrap_or(total).min(total);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal asks for a checkpoint at the end of the step; a
+        // second one, while that is pending, exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())
+            .and_then(|_| signal_hook::flag::register(sig, interrupted.clone()))
+            .map_err(|e| Error::io("(signal handler)", e))?;
+    }
+
+    let save = |trainer: &Trainer| -> Result<()> {
+        let step = trainer.step;
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            step,
+            total_steps: total,
+            epoch: step / per_epoch,
+            index_in_epoch: (step % per_epoch) as usize,
+            config: config_text.clone(),
+        };
+        let last = run.last_checkpoint();
+        trainer.save(&last, meta)?;
+        if step % cfg.train.checkpoint_every == 0 || step == total {
+            let numbered = run.checkpoints().join(format!("step-{step:07}.safetensors"));
+            let _ = fs::remove_file(&numbered);
+            fs::hard_link(&last, &numbered)
+                .or_else(|_| fs::copy(&last, &numbered).map(|_| ()))
+                .map_err(|e| Error::io(&numbered, e))?;
+        }
+        Ok(())
+    };
+
+    let bar = progress_bar(opts.quiet, trainer.step, stop_at);
+    let start = trainer.step;
+    let mut batches = loader.iter_from(start / per_epoch, (start % per_epoch) as usize);
+    let mut window = Window::default();
+    let mut totals = Window::default();
+    let mut replaced = 0usize;
+    let mut last_loss = None;
+    let mut stopped_by = None;
+    while trainer.step < stop_at {
+        let t0 = Instant::now();
+        let batch = batches.next().ok_or_else(|| Error::data(&opts.data, "the loader stopped"))??;
+        let waited = t0.elapsed().as_secs_f64();
+        for (path, reason) in &batch.replaced {
+            tracing::warn!("{}: {reason}; replaced by another image", path.display());
+        }
+        replaced += batch.replaced.len();
+        let stats = trainer.train_step(&batch)?;
+        let step = trainer.step;
+        last_loss = Some(stats.loss);
+        let elapsed = t0.elapsed().as_secs_f64();
+        window.add(elapsed, waited, batch.indices.len(), stats.loss);
+        totals.add(elapsed, waited, batch.indices.len(), stats.loss);
+        if step % cfg.train.log_every == 0 || step == stop_at {
+            let line = MetricsLine {
+                step,
+                epoch: batch.epoch,
+                loss: stats.loss,
+                loss_avg: window.mean_loss(),
+                lr: stats.lr,
+                momentum: stats.momentum,
+                images_per_sec: window.images_per_sec(),
+                data_wait_fraction: window.wait_fraction(),
+                target_std: stats.target_std,
+                positive_fraction: stats.positive_fraction,
+                replaced_images: replaced,
+            };
+            let json = serde_json::to_string(&line).unwrap_or_default();
+            writeln!(metrics, "{json}").map_err(|e| Error::io(run.metrics(), e))?;
+            if bar.is_hidden() && !opts.quiet {
+                eprintln!(
+                    "step {step}/{stop_at}  loss {:.4}  lr {:.4}  {:.1} img/s  data wait {:.0}%  target std {:.4}",
+                    line.loss_avg,
+                    stats.lr,
+                    line.images_per_sec,
+                    100.0 * line.data_wait_fraction,
+                    stats.target_std,
+                );
+            }
+            window = Window::default();
+        }
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.4} {:.1} img/s",
+            stats.loss,
+            stats.lr,
+            totals.images_per_sec()
+        ));
+        if step % cfg.train.checkpoint_every == 0 {
+            save(&trainer)?;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            stopped_by = Some("interrupted by a signal".to_string());
+            break;
+        }
+    }
+    drop(batches);
+    if trainer.step % cfg.train.checkpoint_every != 0 {
+        save(&trainer)?;
+    }
+    bar.finish_and_clear();
+    if stopped_by.is_none() && trainer.step < total {
+        stopped_by = Some(format!("--stop-at {stop_at}"));
+    }
+    let summary = RunSummary {
+        steps_done: trainer.step,
+        total_steps: total,
+        finished: trainer.step == total,
+        stopped_by,
+        final_loss: last_loss,
+        wall_s: started.elapsed().as_secs_f64(),
+        images_per_sec: totals.images_per_sec(),
+        data_wait_fraction: totals.wait_fraction(),
+        replaced_images: replaced,
+        device: format!("{device:?}"),
+        run_dir: run.root.clone(),
+    };
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    checkpoint::write_atomically(&run.summary(), json.as_bytes())?;
+    Ok(summary)
+}
+
+/// Scans `data` and opens a one-process loader for `cfg`, reporting
+/// unreadable files once.
+pub fn open_loader(cfg: &Config, data: &std::path::Path, torch_threads: usize) -> Result<Loader> {
+    let workers = if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads) };
+    let (dataset, report) = Dataset::scan(data)?;
+    if !report.bad.is_empty() {
+        tracing::warn!(
+            "{} of {} image files cannot be read and are skipped; first: {}: {}",
+            report.bad.len(),
+            report.bad.len() + dataset.len(),
+            report.bad[0].0.display(),
+            report.bad[0].1
+        );
+    }
+    Loader::new(
+        Arc::new(dataset),
+        cfg.augment.clone(),
+        LoaderConfig {
+            batch_size: cfg.train.batch_size,
+            workers,
+            prefetch: cfg.train.prefetch,
+            seed: cfg.train.seed,
+            rank: 0,
+            world_size: 1,
+        },
+    )
+}
+
+fn progress_bar(quiet: bool, pos: u64, len: u64) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_position(pos);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Sums over a stretch of steps, for rates and averages.
+#[derive(Default)]
+struct Window {
+    seconds: f64,
+    waited: f64,
+    images: usize,
+    loss_sum: f64,
+    steps: usize,
+}
+
+impl Window {
+    fn add(&mut self, seconds: f64, waited: f64, images: usize, loss: f64) {
+        self.seconds += seconds;
+        self.waited += waited;
+        self.images += images;
+        self.loss_sum += loss;
+        self.steps += 1;
+    }
+    fn images_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.images as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+    fn wait_fraction(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.waited / self.seconds
+        } else {
+            0.0
+        }
+    }
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.steps.max(1) as f64
+    }
+}
+
+/// Reads a run's resolved config, for resuming.
+pub fn saved_config(run: &RunDir) -> Result<Config> {
+    Config::from_toml_file(&run.config(), &Config::default())
+}
