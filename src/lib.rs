@@ -6,6 +6,7 @@
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod dataset;
 pub mod error;
+pub mod loader;
 pub mod views;
 
 pub use error::{Error, Result};
