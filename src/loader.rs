@@ -82,7 +82,7 @@ impl Loader {
         if cfg.world_size == 0 {
             return Err(Error::config("world_size", "must be at least 1"));
         }
-        if cfg.batch_size == 0 || cfg.batch_size % cfg.world_size != 0 {
+        if cfg.batch_size == 0 || !cfg.batch_size.is_multiple_of(cfg.world_size) {
             return Err(Error::config(
                 "batch_size",
                 format!(
