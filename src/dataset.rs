@@ -1,9 +1,10 @@
 //! A folder of unlabelled photos: find them, check them up front, decode one
 //! to RGB8 on demand (the input side of spec section 1).
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -137,6 +138,40 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Whether a JPEG's end-of-image marker follows its first scan. The headers
+/// are walked segment by segment so that an EXIF thumbnail (a whole JPEG
+/// inside APP1) is not mistaken for the image, and data appended after the
+/// end marker (motion-photo videos, vendor trailers) does not matter. Only a
+/// layout we understand is judged; anything else is left to the decoder.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return true;
+        }
+        let marker = b[i + 1];
+        match marker {
+            // Fill byte before a marker.
+            0xFF => i += 1,
+            // Markers without a length field.
+            0x01 | 0xD0..=0xD8 => i += 2,
+            0xD9 => return true,
+            _ => {
+                let len = usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+                if marker == 0xDA {
+                    let Some(scan) = b.get(i + 2 + len..) else { return false };
+                    // Entropy-coded data escapes 0xFF as FF 00, so the first
+                    // FF D9 is the end marker; most files end with it.
+                    return scan.ends_with(&[0xFF, 0xD9])
+                        || scan.windows(2).any(|w| w == [0xFF, 0xD9]);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    false
+}
+
 fn limits() -> Limits {
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_MEGAPIXELS * 1_000_000 * MAX_BYTES_PER_PIXEL);
@@ -176,9 +211,21 @@ fn check_header(path: &Path) -> std::result::Result<(), String> {
 
 /// Decodes any supported file to RGB8 with its EXIF orientation applied.
 /// Alpha is dropped (not composited), 16-bit and grey images are converted.
+/// A JPEG cut short (an interrupted copy or download) is an error, although
+/// the decoder would return it with the missing rows grey.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
-    let mut decoder = open(path).map_err(err)?.into_decoder().map_err(|e| err(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes[..]))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(err(
+            "JPEG file is truncated (no end-of-image marker after the image data)".into()
+        ));
+    }
+    reader.limits(limits());
+    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     check_size(w, h).map_err(err)?;
     // A malformed EXIF block should not cost us an otherwise good photo.
@@ -277,6 +324,41 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         let msg = load_rgb(&p).unwrap_err().to_string();
         assert!(msg.contains("cut.png"), "{msg}");
+    }
+
+    fn jpeg_bytes(w: u32, h: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * y) as u8, (x ^ y) as u8, (x + y) as u8]))
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_but_trailing_data_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = jpeg_bytes(128, 96);
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let msg = load_rgb(&cut).unwrap_err().to_string();
+        assert!(msg.contains("cut.jpg") && msg.contains("truncated"), "{msg}");
+
+        let mut with_trailer = bytes.clone();
+        with_trailer.extend_from_slice(b"\0\0\0\x18ftypmp42 trailing video, no end marker");
+        let trailer = dir.path().join("motion.jpg");
+        std::fs::write(&trailer, &with_trailer).unwrap();
+        assert_eq!(load_rgb(&trailer).unwrap().dimensions(), (128, 96));
+        assert!(jpeg_is_complete(&bytes));
+
+        // A complete thumbnail inside APP1 must not vouch for a cut image.
+        let thumb = jpeg_bytes(8, 8);
+        let mut with_thumb = bytes[..2].to_vec();
+        with_thumb.extend_from_slice(&[0xFF, 0xE1]);
+        with_thumb.extend_from_slice(&(thumb.len() as u16 + 2).to_be_bytes());
+        with_thumb.extend_from_slice(&thumb);
+        with_thumb.extend_from_slice(&bytes[2..]);
+        assert!(jpeg_is_complete(&with_thumb));
+        assert!(!jpeg_is_complete(&with_thumb[..with_thumb.len() - 100]));
     }
 
     #[test]

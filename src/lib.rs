@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod error;
 pub mod heads;
 pub mod lars;
+pub mod loader;
 pub mod loss;
 pub mod matching;
 pub mod model;
