@@ -5,5 +5,6 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod error;
+pub mod voc;
 
 pub use error::{Error, Result};
