@@ -5,6 +5,7 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`] / [`momentum`] ->
 //! [`checkpoint`] and metrics, driven by [`train`].
 pub mod error;
+pub mod export;
 pub mod probe;
 pub mod voc;
 
