@@ -96,9 +96,10 @@ fn write_safetensors(
     tensors: &BTreeMap<String, Raw>,
     meta: HashMap<String, String>,
 ) -> Result<()> {
-    safetensors::serialize_to_file(tensors.iter(), Some(meta), path).map_err(|e| {
+    let bytes = safetensors::serialize(tensors.iter(), Some(meta)).map_err(|e| {
         Error::Checkpoint { path: path.to_path_buf(), reason: format!("writing safetensors: {e}") }
-    })
+    })?;
+    write_atomic(path, &bytes)
 }
 
 /// Writes a torchvision-named ResNet state as safetensors that

@@ -247,14 +247,12 @@ pub fn read_mask(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
 pub(crate) mod tests {
     use super::*;
 
-    /// Writes a VOC-layout folder: `samples` are (id, split, RGB pixels,
-    /// mask), all `w`x`h`; masks are written as paletted PNGs like real VOC.
-    pub(crate) fn write_voc(
-        root: &Path,
-        w: u32,
-        h: u32,
-        samples: &[(&str, &str, Vec<[u8; 3]>, Vec<u8>)],
-    ) {
+    /// (id, split, RGB pixels, mask) of one test image.
+    pub(crate) type Sample<'a> = (&'a str, &'a str, Vec<[u8; 3]>, Vec<u8>);
+
+    /// Writes a VOC-layout folder of `w`x`h` samples; masks are written as
+    /// paletted PNGs like real VOC.
+    pub(crate) fn write_voc(root: &Path, w: u32, h: u32, samples: &[Sample]) {
         for dir in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
