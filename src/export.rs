@@ -125,10 +125,11 @@ pub fn write_torchvision(path: impl AsRef<Path>, named: &[(String, Tensor)]) -> 
     let norms: Vec<String> =
         out.keys().filter_map(|n| n.strip_suffix(".running_mean")).map(String::from).collect();
     for norm in norms {
-        let counter = format!("{norm}.num_batches_tracked");
-        if !out.contains_key(&counter) {
-            out.insert(counter, Raw { dtype: Dtype::I64, shape: vec![], bytes: vec![0; 8] });
-        }
+        out.entry(format!("{norm}.num_batches_tracked")).or_insert_with(|| Raw {
+            dtype: Dtype::I64,
+            shape: vec![],
+            bytes: vec![0; 8],
+        });
     }
     write_safetensors(path, &out, HashMap::from([("format".to_string(), "pt".to_string())]))
 }

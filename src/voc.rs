@@ -56,6 +56,9 @@ pub fn class_names(root: &Path) -> Result<Vec<String>> {
         if names.is_empty() {
             return Err(Error::data(&path, "lists no class names"));
         }
+        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+            return Err(Error::data(&path, format!("class name `{}` given twice", dup.1)));
+        }
         if names.len() > IGNORE as usize {
             return Err(Error::data(
                 &path,
@@ -331,6 +334,9 @@ pub(crate) mod tests {
         assert_eq!(class_names(&root).unwrap(), ["background", "fruit", "bird"]);
         std::fs::write(root.join("classes.txt"), "bg\nthing\n").unwrap();
         assert_eq!(class_names(&root).unwrap(), ["bg", "thing"]);
+        std::fs::write(root.join("classes.txt"), "bg\nthing\nbg\n").unwrap();
+        let e = class_names(&root).unwrap_err().to_string();
+        assert!(e.contains("classes.txt") && e.contains("`bg` given twice"), "{e}");
     }
 
     fn err_text(r: Result<impl std::fmt::Debug>) -> String {
