@@ -52,7 +52,12 @@ impl Default for OptimConfig {
 
 impl OptimConfig {
     pub fn lars(&self) -> LarsConfig {
-        LarsConfig { momentum: self.momentum, weight_decay: self.weight_decay, eta: self.eta, eps: self.eps }
+        LarsConfig {
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            eta: self.eta,
+            eps: self.eps,
+        }
     }
 }
 
@@ -200,13 +205,19 @@ impl Config {
             ));
         }
         if !(self.optim.final_lr >= 0.0 && self.optim.final_lr.is_finite()) {
-            return Err(Error::config("optim.final_lr", format!("must be >= 0, got {}", self.optim.final_lr)));
+            return Err(Error::config(
+                "optim.final_lr",
+                format!("must be >= 0, got {}", self.optim.final_lr),
+            ));
         }
         let t = &self.train;
         if t.batch_size < 2 {
             return Err(Error::config(
                 "train.batch_size",
-                format!("must be at least 2 (BatchNorm needs several images), got {}", t.batch_size),
+                format!(
+                    "must be at least 2 (BatchNorm needs several images), got {}",
+                    t.batch_size
+                ),
             ));
         }
         match (t.steps, t.epochs) {
@@ -295,7 +306,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml_str("[train]\nbatch_sise = 16\n", &Config::default()).unwrap_err();
+        let err =
+            Config::from_toml_str("[train]\nbatch_sise = 16\n", &Config::default()).unwrap_err();
         assert!(err.to_string().contains("batch_sise"), "{err}");
         let err = Config::from_toml_str("[trian]\n", &Config::default()).unwrap_err();
         assert!(err.to_string().contains("trian"), "{err}");
@@ -308,7 +320,8 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("train.batch_size"));
         let c = Config::from_toml_str("[optim]\nlr_per_256 = -1.0\n", &Config::default()).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("optim.lr_per_256"));
-        let err = Config::from_toml_str("[train]\nbatch_size = \"many\"\n", &Config::default()).unwrap_err();
+        let err = Config::from_toml_str("[train]\nbatch_size = \"many\"\n", &Config::default())
+            .unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
     }
 }

@@ -123,6 +123,11 @@ impl Loader {
         self.shared.batches_per_epoch
     }
 
+    /// Worker threads making batches.
+    pub fn workers(&self) -> usize {
+        self.shared.cfg.workers
+    }
+
     /// This rank's batch size, `batch_size / world_size`.
     pub fn rank_batch_size(&self) -> usize {
         self.shared.cfg.batch_size / self.shared.cfg.world_size

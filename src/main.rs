@@ -289,7 +289,8 @@ fn diff_keys(a: &str, b: &str) -> Vec<String> {
         out
     };
     let (a, b) = (parse(a), parse(b));
-    let mut keys: Vec<String> = b.iter().filter(|kv| !a.contains(kv)).map(|kv| kv.0.clone()).collect();
+    let mut keys: Vec<String> =
+        b.iter().filter(|kv| !a.contains(kv)).map(|kv| kv.0.clone()).collect();
     keys.extend(a.iter().filter(|(k, _)| !b.iter().any(|kv| &kv.0 == k)).map(|kv| kv.0.clone()));
     keys.sort();
     keys.dedup();
@@ -300,7 +301,10 @@ fn pretrain(args: &PretrainArgs) -> Result<()> {
     let run = RunDir::new(&args.out);
     let resuming = run.can_resume();
     if args.resume && !resuming {
-        bail!("--resume: {} has no checkpoints/last.safetensors to continue from", run.root.display());
+        bail!(
+            "--resume: {} has no checkpoints/last.safetensors to continue from",
+            run.root.display()
+        );
     }
     let cfg = if resuming { args.resumed_config(&run)? } else { args.requested_config()? };
     cfg.validate()?;

@@ -304,7 +304,8 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let mut stopped_by = None;
     while trainer.step < stop_at {
         let t0 = Instant::now();
-        let batch = batches.next().ok_or_else(|| Error::data(&opts.data, "the loader stopped"))??;
+        let batch =
+            batches.next().ok_or_else(|| Error::data(&opts.data, "the loader stopped"))??;
         let waited = t0.elapsed().as_secs_f64();
         for (path, reason) in &batch.replaced {
             tracing::warn!("{}: {reason}; replaced by another image", path.display());
@@ -388,7 +389,8 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
 /// Scans `data` and opens a one-process loader for `cfg`, reporting
 /// unreadable files once.
 pub fn open_loader(cfg: &Config, data: &std::path::Path, torch_threads: usize) -> Result<Loader> {
-    let workers = if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads) };
+    let workers =
+        if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads) };
     let (dataset, report) = Dataset::scan(data)?;
     if !report.bad.is_empty() {
         tracing::warn!(
