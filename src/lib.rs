@@ -5,6 +5,7 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
 //! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`] and timed
 //! by [`bench`]; [`config`] holds the one typed configuration.
+pub mod backbone;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -1,0 +1,106 @@
+//! The frozen encoder that transfer uses: the online ResNet taken out of a
+//! training checkpoint (or a randomly initialised one, the baseline), with
+//! torchvision parameter names, for `probe`, `embed` and `export`.
+use std::path::Path;
+
+use tch::{nn, nn::ModuleT, Device, Tensor};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::resnet::{resnet, Arch, ResNet};
+use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::{Error, Result};
+
+pub struct Backbone {
+    vs: nn::VarStore,
+    net: ResNet,
+    pub arch: Arch,
+    pub output_stride: u32,
+    /// Where the weights came from, for reports.
+    pub source: String,
+}
+
+impl Backbone {
+    /// The online encoder of a pretraining checkpoint; architecture and
+    /// output stride come from the config saved inside it.
+    pub fn from_checkpoint(path: &Path, device: Device) -> Result<Backbone> {
+        let ck = Checkpoint::load(path)?;
+        let cfg = Config::from_toml_str(&ck.meta.config, &Config::default()).map_err(|e| {
+            Error::Checkpoint { path: path.to_path_buf(), reason: format!("its saved config: {e}") }
+        })?;
+        let (arch, os) = (cfg.model.arch, cfg.model.output_stride);
+        let mut vs = nn::VarStore::new(device);
+        let net = resnet(&vs.root(), arch, os)?;
+        let prefix = "encoder.";
+        let online = ck.group("online");
+        let encoder: Vec<(&str, &Tensor)> =
+            online.iter().filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s, *t))).collect();
+        if encoder.is_empty() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: "holds no online encoder (`online/encoder.*`)".into(),
+            });
+        }
+        let mut vars = vs.variables();
+        if let Some((name, _)) = encoder.iter().find(|(n, _)| !vars.contains_key(*n)) {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("`online/encoder.{name}` is not part of a {arch}"),
+            });
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in vars.iter_mut() {
+                let src =
+                    encoder.iter().find(|(n, _)| n == name).map(|(_, t)| *t).ok_or_else(|| {
+                        Error::Checkpoint {
+                            path: path.to_path_buf(),
+                            reason: format!("missing `online/encoder.{name}`"),
+                        }
+                    })?;
+                var.f_copy_(src)?;
+            }
+            Ok(())
+        })?;
+        vs.freeze();
+        Ok(Backbone { vs, net, arch, output_stride: os, source: path.display().to_string() })
+    }
+
+    /// A ResNet with the spec's initialisation and nothing learned.
+    pub fn random(arch: Arch, output_stride: u32, seed: u64, device: Device) -> Result<Backbone> {
+        tch::manual_seed(seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let net = resnet(&vs.root(), arch, output_stride)?;
+        vs.freeze();
+        Ok(Backbone { vs, net, arch, output_stride, source: format!("random init (seed {seed})") })
+    }
+
+    /// The C5 feature map of an ImageNet-normalised batch `[B, 3, H, W]`,
+    /// with BatchNorm in inference mode and no graph.
+    pub fn features(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.net.forward_t(x, false))
+    }
+
+    /// Features of one RGB image at its own size, scaled to [0, 1] and
+    /// normalised with ImageNet mean and std: `[C, h, w]`.
+    pub fn image_features(&self, img: &image::RgbImage) -> Tensor {
+        let (w, h) = img.dimensions();
+        let x = Tensor::from_slice(img.as_raw())
+            .view([h as i64, w as i64, 3])
+            .permute([2, 0, 1])
+            .to_kind(tch::Kind::Float)
+            / 255.0;
+        let mean = Tensor::from_slice(&IMAGENET_MEAN).view([3, 1, 1]);
+        let std = Tensor::from_slice(&IMAGENET_STD).view([3, 1, 1]);
+        let x = ((x - mean) / std).unsqueeze(0).to_device(self.vs.device());
+        self.features(&x).squeeze_dim(0)
+    }
+
+    /// Every tensor with its torchvision name, sorted.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        crate::checkpoint::named(&self.vs)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
