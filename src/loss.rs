@@ -74,7 +74,7 @@ mod tests {
     fn image_without_positives_counts_zero_in_the_mean() {
         let x = Tensor::randn([2, 5, 2, 2], FLOAT_CPU);
         let mask = Tensor::zeros([2, 4, 4], FLOAT_CPU);
-        let _ = mask.get(0).copy_(&Tensor::eye(4, FLOAT_CPU));
+        mask.get(0).copy_(&Tensor::eye(4, FLOAT_CPU));
         let l = consistency_loss(&x, &x, &mask).double_value(&[]);
         assert!((l + 1.0).abs() < 1e-5, "{l}");
         let none = consistency_loss(&x, &x, &Tensor::zeros([2, 4, 4], FLOAT_CPU));

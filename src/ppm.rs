@@ -12,7 +12,7 @@ use crate::{Error, Result};
 enum Transform {
     Identity,
     Conv(nn::Conv2D),
-    Mlp(ConvMlp),
+    Mlp(Box<ConvMlp>),
 }
 
 /// For `x` of one view (`[B, C, H, W]`, cells i, j over all `H*W`):
@@ -43,7 +43,7 @@ pub fn ppm(p: &nn::Path, dim: i64, gamma: f64, transform_layers: u8) -> Result<P
     let transform = match transform_layers {
         0 => Transform::Identity,
         1 => Transform::Conv(conv1x1(&t, dim, dim)),
-        2 => Transform::Mlp(conv_mlp(&t, dim, dim, dim)),
+        2 => Transform::Mlp(Box::new(conv_mlp(&t, dim, dim, dim))),
         n => return Err(Error::config("model.ppm_layers", format!("{n} is not one of 0, 1, 2"))),
     };
     Ok(Ppm { gamma, transform })
@@ -54,17 +54,16 @@ impl ModuleT for Ppm {
         let (b, c, h, w) = x.size4().expect("Ppm: input must be [B, C, H, W]");
         let xn = normalize_cells(x).reshape([b, c, h * w]); // [B, C, HW]
         let cos = xn.transpose(1, 2).bmm(&xn); // [B, HW, HW]
-        let mut pos = cos.clamp_min(0.0); // [B, HW, HW]
-        if self.gamma < 1.0 {
-            // d(a^gamma)/da is infinite at a = 0 for gamma < 1; the reference
-            // release adds 1e-6 in that case, so do we (no change for gamma >= 1).
-            pos = pos + 1e-6;
-        }
+        let pos = cos.clamp_min(0.0); // [B, HW, HW]
+
+        // d(a^gamma)/da is infinite at a = 0 for gamma < 1; the reference
+        // release adds 1e-6 in that case, so do we (no change for gamma >= 1).
+        let pos = if self.gamma < 1.0 { pos + 1e-6 } else { pos }; // [B, HW, HW]
         let a = pos.pow_tensor_scalar(self.gamma); // [B, HW, HW]
         let g = match &self.transform {
             Transform::Identity => x.shallow_clone(),
             Transform::Conv(conv) => x.apply(conv),
-            Transform::Mlp(mlp) => x.apply_t(mlp, train),
+            Transform::Mlp(mlp) => mlp.forward_t(x, train),
         }; // [B, C, H, W]
         let v = normalize_cells(&g).reshape([b, c, h * w]); // [B, C, HW]
         v.bmm(&a.transpose(1, 2)).reshape([b, c, h, w]) // [B, C, H, W]
@@ -121,13 +120,16 @@ mod tests {
 
     #[test]
     fn gradient_flows_through_the_similarity() {
-        // With the identity transform the only path besides v is A.
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = ppm(&vs.root(), 3, 2.0, 0).unwrap();
-        let x = Tensor::randn([1, 3, 2, 2], tch::kind::FLOAT_CPU).set_requires_grad(true);
-        let y = m.forward_t(&x, true);
-        let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[&x], false, false);
-        assert!(g[0].abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        assert!(g[0].isfinite().all().int64_value(&[]) == 1);
+        // With the identity transform the only path besides v is A; gamma
+        // 0.5 checks that the gradient stays finite where A is clamped to 0.
+        for gamma in [2.0, 0.5] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = ppm(&vs.root(), 3, gamma, 0).unwrap();
+            let x = Tensor::randn([1, 3, 3, 3], tch::kind::FLOAT_CPU).set_requires_grad(true);
+            let y = m.forward_t(&x, true);
+            let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[&x], false, false);
+            assert!(g[0].abs().sum(Kind::Float).double_value(&[]) > 0.0, "gamma {gamma}");
+            assert!(g[0].isfinite().all().int64_value(&[]) == 1, "gamma {gamma}");
+        }
     }
 }
