@@ -13,7 +13,12 @@
    the Rust one), every array float32 with the torchvision tensor's shape and
    values.
 3. Optionally, a `pixpro embed` file holds one float32 [C, H, W] tensor
-   `features`; with --image, its metadata `image` (when present) names it.
+   `features`; with --image, its metadata `image` (when present) names it;
+   with --rgb (a safetensors file holding the same image as uint8 [H, W, 3]
+   `rgb`), the torchvision-named model loaded from the export, run in eval
+   mode on that image normalised with ImageNet mean/std, gives the same
+   features to 1e-4 (output stride 32 exports only: torchvision's ResNet-18/34
+   have no dilation).
 
 torchvision is not installed in our environment, so the ResNet below is our
 own minimal torch.nn definition that uses torchvision's module names
@@ -32,6 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn import functional as F
 
 
 class BasicBlock(nn.Module):
@@ -102,6 +108,26 @@ def build_model(arch):
         return ResNetNoFc(*ARCHS[arch])
 
 
+def block_c5(blk, x):
+    out = F.relu(blk.bn1(blk.conv1(x)))
+    if hasattr(blk, "conv3"):
+        out = F.relu(blk.bn2(blk.conv2(out)))
+        out = blk.bn3(blk.conv3(out))
+    else:
+        out = blk.bn2(blk.conv2(out))
+    identity = blk.downsample(x) if blk.downsample is not None else x
+    return F.relu(out + identity)
+
+
+def c5(model, x):
+    """torchvision's ResNet forward up to layer4 (no pooling, no fc)."""
+    x = F.max_pool2d(F.relu(model.bn1(model.conv1(x))), 3, 2, 1)
+    for i in range(1, 5):
+        for blk in getattr(model, f"layer{i}"):
+            x = block_c5(blk, x)
+    return x
+
+
 def detectron2_name(k):
     """The reference's conversion (string replaces), num_batches_tracked skipped."""
     if "layer" not in k:
@@ -157,6 +183,23 @@ def check_features(path, image):
         named = meta.get("image")
         assert named is None or os.path.basename(named) == os.path.basename(image), (named, image)
     print(f"features: {tuple(feats.shape)}, metadata {meta}")
+    return feats
+
+
+def check_same_features(feats, rgb_path, tv_state, arch):
+    rgb = load_file(rgb_path)["rgb"]
+    x = rgb.permute(2, 0, 1).float().unsqueeze(0) / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    model = build_model(arch)
+    model.load_state_dict(tv_state, strict=True)
+    model.eval()
+    with torch.no_grad():
+        ours = c5(model, (x - mean) / std)[0]
+    assert ours.shape == feats.shape, (ours.shape, feats.shape)
+    err = (ours - feats).abs().max().item() / max(1.0, ours.abs().max().item())
+    assert err <= 1e-4, f"features differ from the torchvision model's by {err:.3g} (relative)"
+    print(f"features equal the torchvision model's on the image (max relative difference {err:.2g})")
 
 
 def main():
@@ -166,11 +209,14 @@ def main():
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet50")
     ap.add_argument("--features")
     ap.add_argument("--image")
+    ap.add_argument("--rgb")
     args = ap.parse_args()
     tv_state = check_torchvision(args.torchvision, args.arch)
     check_detectron2(args.detectron2, tv_state)
     if args.features:
-        check_features(args.features, args.image)
+        feats = check_features(args.features, args.image)
+        if args.rgb:
+            check_same_features(feats, args.rgb, tv_state, args.arch)
     print("ok")
 
 
