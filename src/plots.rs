@@ -412,7 +412,7 @@ pub fn plot_confusion(matrix: &[Vec<u64>], class_names: &[String], out_png: &Pat
         6.0,
         TITLE_PX,
         BLACK,
-        "confusion: rows true class (normalised), columns predicted",
+        "confusion: % of each true class (rows) by predicted class (columns)",
     );
     for (row, counts) in matrix.iter().enumerate() {
         let total: u64 = counts.iter().sum();
