@@ -579,12 +579,11 @@ fn correspondence_of_views(
             disc(&mut out, centre(0, i).0, centre(0, i).1, 2.0, colour);
         }
     }
-    let result = Correspondence { picture: out, correct, with_positive, cells };
+    let mut result = Correspondence { picture: out, correct, with_positive, cells };
     let title = format!(
         "nearest view-2 cell by projector cosine: {correct} of {with_positive} ({:.0}%) are positives (T = {threshold})",
         100.0 * result.fraction_correct()
     );
-    let mut result = result;
     text(&mut result.picture, 6.0, 3.0, 15.0, BLACK, &title);
     let legend = "green: positive, red: not, grey: no positive exists";
     text(&mut result.picture, 6.0, 24.0, 13.0, BLACK, legend);
