@@ -572,28 +572,32 @@ fn correspondence_of_views(
         with_positive += usize::from(colour != NO_POSITIVE);
         lines.push((i, j, colour));
     }
-    // Grey under red under green, so the verdicts stay visible.
+    // A cell without any positive cannot be right: a grey dot, no line.
+    // Red under green, so the correct matches stay visible.
     for layer in [NO_POSITIVE, BAD, GOOD] {
         for &(i, j, colour) in lines.iter().filter(|l| l.2 == layer) {
-            segment(&mut out, centre(0, i), centre(1, j), colour, 1.5, None);
+            if colour != NO_POSITIVE {
+                segment(&mut out, centre(0, i), centre(1, j), colour, 1.5, None);
+            }
             disc(&mut out, centre(0, i).0, centre(0, i).1, 2.0, colour);
         }
     }
     let mut result = Correspondence { picture: out, correct, with_positive, cells };
+    // Short lines: the picture is only two views wide.
     let title = format!(
-        "nearest view-2 cell by projector cosine: {correct} of {with_positive} ({:.0}%) are positives (T = {threshold})",
+        "nearest neighbours: {correct} of {with_positive} positive ({:.0}%), T = {threshold}",
         100.0 * result.fraction_correct()
     );
-    text(&mut result.picture, 6.0, 3.0, 15.0, BLACK, &title);
-    let legend = "green: positive, red: not, grey: no positive exists";
-    text(&mut result.picture, 6.0, 24.0, 13.0, BLACK, legend);
+    text(&mut result.picture, 6.0, 3.0, 14.0, BLACK, &title);
+    let legend = "cosine of projector features; green: positive, red: not, grey: none exists";
+    text(&mut result.picture, 6.0, 24.0, 11.0, BLACK, legend);
     Ok(result)
 }
 
 /// Two views of `img` drawn as training would (`cfg`); for each view-1 cell
 /// a line to its most similar view-2 cell (cosine of the projector output),
-/// green when that pair is a positive at `threshold`, red when it is not,
-/// grey when the cell has no positive at all.
+/// green when that pair is a positive at `threshold`, red when it is not;
+/// a cell with no positive at all gets only a grey dot.
 pub fn correspondence_picture(
     model: &PixPro,
     img: &RgbImage,
