@@ -68,7 +68,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
     }
     let device = pick_device(cfg.train.device)?;
     let torch_threads = tch::get_num_threads();
-    let loader = open_loader(cfg, data, torch_threads.max(1) as usize)?;
+    let loader = open_loader(cfg, data, torch_threads.max(1) as usize, device)?;
     let workers = loader.workers();
 
     let mut batches = loader.iter_from(0, 0);

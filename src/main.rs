@@ -55,8 +55,94 @@ enum Command {
     Export(ExportArgs),
     /// The whole loop on real photos: build TuxSeg, pretrain (cpu preset), probe against random init.
     Demo(DemoArgs),
+    /// Pictures: the two views and their positive pairs, or what a checkpoint's features show.
+    #[command(subcommand)]
+    Inspect(InspectCommand),
     /// Print libtorch, CUDA and thread facts for this machine.
     Doctor,
+}
+
+#[derive(Subcommand)]
+enum InspectCommand {
+    /// Original with both crop boxes, the two augmented views, lines joining positive cells.
+    #[command(
+        after_help = "Example:\n  pixpro inspect views --data ~/photos --out pics --preset paper-r50"
+    )]
+    Views(InspectViewsArgs),
+    /// PCA of the dense features, PPM similarity of query cells, nearest-neighbour matches.
+    #[command(
+        after_help = "Example:\n  pixpro inspect features --checkpoint runs/cpu/checkpoints/last.safetensors --images ~/photos --out pics"
+    )]
+    Features(InspectFeaturesArgs),
+}
+
+#[derive(Args)]
+struct InspectViewsArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Recipe whose augmentation, output stride and threshold are shown.
+    #[arg(long, value_enum, default_value = "paper-r50")]
+    preset: Preset,
+    /// TOML file whose keys override the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Pictures to draw (the first images of the folder, sorted).
+    #[arg(long, default_value_t = 4)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct InspectFeaturesArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    images: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+fn inspect_views(args: &InspectViewsArgs) -> Result<()> {
+    let mut cfg = args.preset.config();
+    if let Some(path) = &args.config {
+        cfg = Config::from_toml_file(path, &cfg)?;
+    }
+    cfg.validate()?;
+    let grid = pixpro::inspect::feature_grid(cfg.augment.image_size, cfg.model.output_stride);
+    let written = pixpro::inspect::inspect_views(
+        &args.data,
+        &args.out,
+        args.count,
+        &cfg.augment,
+        grid,
+        cfg.model.threshold,
+        args.seed,
+    )?;
+    eprintln!("wrote {} pictures to {}", written.len(), args.out.display());
+    Ok(())
+}
+
+fn inspect_features(args: &InspectFeaturesArgs) -> Result<()> {
+    let (cfg, model) = train::load_pixpro(&args.checkpoint, device_of(args.device)?)?;
+    let written = pixpro::inspect::inspect_features(
+        &model,
+        &args.images,
+        &args.out,
+        args.count,
+        &cfg.augment,
+        args.seed,
+    )?;
+    eprintln!("wrote {} pictures to {}", written.len(), args.out.display());
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -156,11 +242,17 @@ struct DemoArgs {
     /// Folder for the data, the run and the probes.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
+    /// Where TuxSeg is (or is built, with seed 0) [default: OUT/tuxseg].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Pretraining steps [default: the cpu preset's].
     #[arg(long)]
     steps: Option<u64>,
+    /// Seed of pretraining and of the probes; the data set stays the same.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
 }
 
 fn device_of(d: DeviceArg) -> Result<tch::Device> {
@@ -242,6 +334,7 @@ fn run_probe(
     let path = out.join("probe.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("{}", path.display()))?;
+    pixpro::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
     Ok(result)
 }
 
@@ -269,7 +362,7 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     };
     let r = run_probe(&backbone, &args.voc, &args.out, &cfg)?;
     print_probe(&backbone.source, &r);
-    eprintln!("wrote {}", args.out.join("probe.json").display());
+    eprintln!("wrote probe.json and confusion.png in {}", args.out.display());
     Ok(())
 }
 
@@ -322,10 +415,11 @@ fn export(args: &ExportArgs) -> Result<()> {
 
 fn demo(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let data = args.out.join("tuxseg");
+    let data = args.data.clone().unwrap_or_else(|| args.out.join("tuxseg"));
     let run = args.out.join("pretrain");
     let mut cfg = Preset::Cpu.config();
     cfg.train.seed = args.seed;
+    cfg.train.device = args.device.into();
     if let Some(s) = args.steps {
         cfg.train.steps = Some(s);
     }
@@ -344,7 +438,6 @@ fn demo(args: &DemoArgs) -> Result<()> {
             seed: args.seed,
             ..Default::default()
         };
-        let _ = std::fs::remove_dir_all(&data);
         let s = pixpro::tuxseg::build(&opts)?;
         eprintln!(
             "[1/3] TuxSeg: {} pretrain / {} train / {} val scenes in {}",
@@ -731,6 +824,8 @@ fn main() -> ExitCode {
         Some(Command::Embed(a)) => embed(a),
         Some(Command::Export(a)) => export(a),
         Some(Command::Demo(a)) => demo(a),
+        Some(Command::Inspect(InspectCommand::Views(a))) => inspect_views(a),
+        Some(Command::Inspect(InspectCommand::Features(a))) => inspect_features(a),
         Some(Command::Doctor) => {
             doctor();
             Ok(())

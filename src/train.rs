@@ -3,7 +3,8 @@
 //!
 //! A run directory holds `config.toml` (the full resolved config),
 //! `metrics.jsonl` (one JSON object per logged step), `checkpoints/`
-//! (`last.safetensors` plus numbered copies) and `summary.json` at the end.
+//! (`last.safetensors` plus numbered copies), `plots/loss.png` (redrawn at
+//! every checkpoint) and `summary.json` at the end.
 use std::fs::{self, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ impl RunDir {
     }
     pub fn last_checkpoint(&self) -> PathBuf {
         self.checkpoints().join("last.safetensors")
+    }
+    pub fn loss_plot(&self) -> PathBuf {
+        self.root.join("plots").join("loss.png")
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
@@ -109,11 +113,13 @@ pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// Loader threads: what libtorch's intra-op threads leave of the cores, at
-/// least one.
-pub fn auto_workers(torch_threads: usize) -> usize {
+/// Loader threads. On the CPU, what libtorch's intra-op threads leave of
+/// the cores, at least one; with a GPU doing the model's work, all cores but
+/// the one that drives it.
+pub fn auto_workers(torch_threads: usize, device: Device) -> usize {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    cores.saturating_sub(torch_threads).max(1)
+    let busy = if device.is_cuda() { 1 } else { torch_threads };
+    cores.saturating_sub(busy).max(1)
 }
 
 fn batch_tensors(b: &Batch, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
@@ -244,7 +250,7 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         tch::set_num_threads(cfg.train.threads as i32);
     }
     let device = pick_device(cfg.train.device)?;
-    let loader = open_loader(cfg, &opts.data, tch::get_num_threads().max(1) as usize)?;
+    let loader = open_loader(cfg, &opts.data, tch::get_num_threads().max(1) as usize, device)?;
     let per_epoch = loader.batches_per_epoch() as u64;
     let mut trainer = Trainer::new(cfg, per_epoch as usize, device)?;
     let total = trainer.total_steps;
@@ -284,6 +290,10 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         };
         let last = run.last_checkpoint();
         trainer.save(&last, meta)?;
+        // A picture is a convenience: failing to draw it must not stop training.
+        if let Err(e) = crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
+            tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
+        }
         if step % cfg.train.checkpoint_every == 0 || step == total {
             let numbered = run.checkpoints().join(format!("step-{step:07}.safetensors"));
             let _ = fs::remove_file(&numbered);
@@ -388,9 +398,14 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
 
 /// Scans `data` and opens a one-process loader for `cfg`, reporting
 /// unreadable files once.
-pub fn open_loader(cfg: &Config, data: &std::path::Path, torch_threads: usize) -> Result<Loader> {
+pub fn open_loader(
+    cfg: &Config,
+    data: &std::path::Path,
+    torch_threads: usize,
+    device: Device,
+) -> Result<Loader> {
     let workers =
-        if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads) };
+        if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads, device) };
     let (dataset, report) = Dataset::scan(data)?;
     if !report.bad.is_empty() {
         tracing::warn!(
@@ -463,6 +478,19 @@ impl Window {
     fn mean_loss(&self) -> f64 {
         self.loss_sum / self.steps.max(1) as f64
     }
+}
+
+/// The online and target networks of a checkpoint, with the config saved in
+/// it: for looking at what a run learned.
+pub fn load_pixpro(path: &std::path::Path, device: Device) -> Result<(Config, PixPro)> {
+    let ck = Checkpoint::load(path)?;
+    let cfg = Config::from_toml_str(&ck.meta.config, &Config::default()).map_err(|e| {
+        Error::Checkpoint { path: path.to_path_buf(), reason: format!("its saved config: {e}") }
+    })?;
+    let mut model = PixPro::new(cfg.model.clone(), device)?;
+    ck.restore("online", &mut model.online)?;
+    ck.restore("target", &mut model.target)?;
+    Ok((cfg, model))
 }
 
 /// Reads a run's resolved config, for resuming.

@@ -1,0 +1,216 @@
+//! Transfer end to end through the binary: export for torchvision and
+//! Detectron2 checked from Python, embed, probe (pretrained and random init)
+//! on a tiny VOC-layout folder, and the errors for bad checkpoints.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pixpro::config::Config;
+use pixpro::train::{pretrain, RunDir, RunOptions};
+
+/// Output stride 32 so that the Python side can run torchvision's ResNet
+/// (which has no dilated ResNet-18) on the exported weights.
+const TINY: &str = r#"
+[model]
+arch = "resnet18"
+output_stride = 32
+proj_hidden = 32
+proj_dim = 16
+[augment]
+image_size = 64
+[train]
+batch_size = 4
+steps = 2
+workers = 1
+checkpoint_every = 2
+device = "cpu"
+"#;
+
+fn scene(i: u32, w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 3 + i * 30) as u8, (y * 4) as u8, ((x ^ y) + i * 11) as u8])
+    })
+}
+
+/// A trained checkpoint of the tiny recipe, and the folder of its images.
+fn checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("images");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..6 {
+        scene(i, 96, 80).save(data.join(format!("{i}.png"))).unwrap();
+    }
+    let cfg = Config::from_toml_str(TINY, &Config::default()).unwrap();
+    let run = dir.join("run");
+    let opts =
+        RunOptions { data: data.clone(), run: RunDir::new(&run), stop_at: None, quiet: true };
+    pretrain(&cfg, &opts).unwrap();
+    (run.join("checkpoints/last.safetensors"), data)
+}
+
+/// A VOC-layout folder whose classes are two colours on a dark background.
+fn tiny_voc(root: &Path) {
+    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("classes.txt"), "background\nred\nblue\n").unwrap();
+    let mut lists = (String::new(), String::new());
+    for i in 0..8u32 {
+        let (w, h) = (48, 40);
+        let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([20, 20, 20]));
+        let mut mask = image::GrayImage::new(w, h);
+        let class = 1 + (i % 2) as u8;
+        let colour = if class == 1 { [220, 30, 30] } else { [30, 30, 220] };
+        for y in 8..28 {
+            for x in (4 + i)..(24 + i) {
+                img.put_pixel(x, y, image::Rgb(colour));
+                mask.put_pixel(x, y, image::Luma([class]));
+            }
+        }
+        let id = format!("s{i}");
+        img.save(root.join("JPEGImages").join(format!("{id}.jpg"))).unwrap();
+        mask.save(root.join("SegmentationClass").join(format!("{id}.png"))).unwrap();
+        let list = if i < 6 { &mut lists.0 } else { &mut lists.1 };
+        list.push_str(&id);
+        list.push('\n');
+    }
+    std::fs::write(root.join("ImageSets/Segmentation/train.txt"), lists.0).unwrap();
+    std::fs::write(root.join("ImageSets/Segmentation/val.txt"), lists.1).unwrap();
+}
+
+fn pixpro(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "pixpro {args:?} panicked:\n{stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn exports_load_in_python_and_match_embed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ckpt, data) = checkpoint(tmp.path());
+    let tv = tmp.path().join("r18.safetensors");
+    let d2 = tmp.path().join("r18.pkl");
+    let (ok, _, err) =
+        pixpro(&["export", "--checkpoint", s(&ckpt), "--format", "torchvision", "--out", s(&tv)]);
+    assert!(ok, "{err}");
+    let (ok, _, err) =
+        pixpro(&["export", "--checkpoint", s(&ckpt), "--format", "detectron2", "--out", s(&d2)]);
+    assert!(ok, "{err}");
+
+    let image = data.join("3.png");
+    let feats = tmp.path().join("f.safetensors");
+    let (ok, _, err) = pixpro(&[
+        "embed",
+        "--checkpoint",
+        s(&ckpt),
+        "--image",
+        s(&image),
+        "--out",
+        s(&feats),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let raw = pixpro::dataset::load_rgb(&image).unwrap();
+    let (w, h) = raw.dimensions();
+    let rgb = tch::Tensor::from_slice(raw.as_raw()).view([h as i64, w as i64, 3]);
+    let rgb_path = tmp.path().join("rgb.safetensors");
+    tch::Tensor::write_safetensors(&[("rgb", rgb)], &rgb_path).unwrap();
+
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_roundtrip.py");
+    let out = Command::new(&python)
+        .args([s(&script), "--arch", "resnet18", "--torchvision", s(&tv), "--detectron2", s(&d2)])
+        .args(["--features", s(&feats), "--image", s(&image), "--rgb", s(&rgb_path)])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", python.display()));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "Python round trip failed:\n{text}");
+    assert!(text.contains("features equal the torchvision model's"), "{text}");
+
+    let dir_out = tmp.path().join("feats");
+    let (ok, _, err) = pixpro(&[
+        "embed",
+        "--checkpoint",
+        s(&ckpt),
+        "--image",
+        s(&data),
+        "--out",
+        s(&dir_out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert!(dir_out.join("0.safetensors").exists() && dir_out.join("5.safetensors").exists());
+}
+
+#[test]
+fn probe_scores_pretrained_and_random_backbones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ckpt, _) = checkpoint(tmp.path());
+    let voc = tmp.path().join("voc");
+    tiny_voc(&voc);
+    let out = tmp.path().join("probe");
+    let common = ["--voc", s(&voc), "--image-size", "64", "--epochs", "5", "--device", "cpu"];
+    let (ok, stdout, err) =
+        pixpro(&[&["probe", "--checkpoint", s(&ckpt), "--out", s(&out)], &common[..]].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("mIoU"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("probe.json")).unwrap()).unwrap();
+    let miou = json["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou), "{miou}");
+    assert_eq!(json["backbone"]["arch"], "resnet18");
+    assert!(json["per_class_iou"].get("blue").is_some());
+    assert!(out.join("confusion.png").exists());
+
+    let out_r = tmp.path().join("probe-random");
+    let (ok, _, err) = pixpro(
+        &[&["probe", "--random-init", "--output-stride", "32", "--out", s(&out_r)], &common[..]]
+            .concat(),
+    );
+    assert!(ok, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_r.join("probe.json")).unwrap()).unwrap();
+    assert!(json["backbone"]["source"].as_str().unwrap().contains("random init"));
+}
+
+#[test]
+fn bad_checkpoints_and_voc_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ckpt, _) = checkpoint(tmp.path());
+    let cut = tmp.path().join("cut.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tmp.path().join("x.safetensors");
+    let (ok, _, err) =
+        pixpro(&["export", "--checkpoint", s(&cut), "--format", "torchvision", "--out", s(&out)]);
+    assert!(!ok && err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
+
+    let plain = tmp.path().join("plain.safetensors");
+    tch::Tensor::write_safetensors(&[("w", tch::Tensor::ones([2], tch::kind::FLOAT_CPU))], &plain)
+        .unwrap();
+    let (ok, _, err) =
+        pixpro(&["embed", "--checkpoint", s(&plain), "--image", "x.png", "--out", s(&out)]);
+    assert!(!ok && err.contains("plain.safetensors"), "{err}");
+
+    let voc = tmp.path().join("voc");
+    tiny_voc(&voc);
+    std::fs::remove_file(voc.join("SegmentationClass/s7.png")).unwrap();
+    let (ok, _, err) = pixpro(&[
+        "probe",
+        "--checkpoint",
+        s(&ckpt),
+        "--voc",
+        s(&voc),
+        "--out",
+        s(&tmp.path().join("p")),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("s7.png"), "{err}");
+}
