@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One short GPU check, for a machine with an NVIDIA GPU and the torch==2.11.0
+# wheel installed, but no Rust toolchain: run a pixpro binary built elsewhere
+# against that machine's libtorch.
+#
+#   scripts/gpu-check.sh BIN TUXSEG_DIR OUT_DIR [SEEDS]
+#
+# BIN: a pixpro binary (e.g. target/release/pixpro, stripped); TUXSEG_DIR: a
+# folder made by `pixpro data tuxseg`; SEEDS: default "0 1 2". Writes logs,
+# bench JSON and each seed's probe results under OUT_DIR, and everything in
+# OUT_DIR/results.tar.gz.
+set -uo pipefail
+BIN=$1 DATA=$2 OUT=$3 SEEDS=${4:-0 1 2}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu-check.log") 2>&1
+step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
+
+step machine
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || exit 1
+python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+"$BIN" doctor || exit 1
+
+step "bench: ResNet-50, 224 px, batch 64, fp32"
+"$BIN" bench --data "$DATA/pretrain" --preset paper-r50 --batch-size 64 --device cuda --steps 10 --json | tee "$OUT/bench-r50-224-b64.txt"
+step "bench: the cpu preset's recipe on the GPU"
+"$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --steps 20 --json | tee "$OUT/bench-cpu-preset.txt"
+
+for s in $SEEDS; do
+    step "demo seed $s: pretrain (cpu preset) + probe vs random init"
+    "$BIN" demo --data "$DATA" --out "$OUT/demo-s$s" --seed "$s" --device cuda | tee "$OUT/demo-s$s.txt"
+done
+
+step summary
+grep -h 'TuxSeg val mIoU' "$OUT"/demo-s*.txt
+tar czf "$OUT/results.tar.gz" -C "$OUT" --exclude='*.safetensors' --exclude=results.tar.gz .
