@@ -65,7 +65,7 @@ impl RunDir {
                 Some((step.parse().ok()?, entry.path()))
             })
             .collect();
-        numbered.sort_by(|a, b| b.0.cmp(&a.0));
+        numbered.sort_by_key(|n| std::cmp::Reverse(n.0));
         let last = self.last_checkpoint();
         last.exists().then_some(last).into_iter().chain(numbered.into_iter().map(|n| n.1)).collect()
     }
