@@ -32,6 +32,10 @@ pub struct Meta {
     pub index_in_epoch: usize,
     /// The full resolved configuration, as TOML.
     pub config: String,
+    /// Steps skipped so far for a non-finite loss or gradient; absent (0) in
+    /// checkpoints written before skipping existed, which keeps them readable.
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 pub struct Checkpoint {
@@ -232,6 +236,7 @@ mod tests {
             epoch: 1,
             index_in_epoch: 2,
             config: "x = 1".into(),
+            skipped_steps: 0,
         }
     }
 

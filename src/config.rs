@@ -91,6 +91,10 @@ pub struct TrainConfig {
     /// Append a line to metrics.jsonl every N steps.
     pub log_every: u64,
     pub device: DeviceChoice,
+    /// Stop the run after this many consecutive steps skipped for a
+    /// non-finite loss or gradient (a single bad batch is skipped and the
+    /// run goes on; a long streak means the run has diverged).
+    pub max_bad_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -106,6 +110,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             log_every: 10,
             device: DeviceChoice::Auto,
+            max_bad_steps: 20,
         }
     }
 }
@@ -236,6 +241,9 @@ impl Config {
         }
         if t.log_every == 0 {
             return Err(Error::config("train.log_every", "must be at least 1"));
+        }
+        if t.max_bad_steps == 0 {
+            return Err(Error::config("train.max_bad_steps", "must be at least 1"));
         }
         Ok(())
     }

@@ -23,9 +23,16 @@ pub enum Error {
     /// A checkpoint that cannot be read, or that does not fit the model.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    /// The loss of a step was NaN or infinite; nothing of that step was applied.
-    #[error("the loss became {value} at step {step}; lower optim.lr_per_256, or start a new run")]
-    NonFinite { step: u64, value: f64 },
+    /// `bad_steps` consecutive steps, up to `step`, had a non-finite loss or
+    /// gradient and were skipped (train.max_bad_steps); the run stopped
+    /// without writing a checkpoint; `kept` says which one is the last good
+    /// state.
+    #[error(
+        "the run diverged: the last {bad_steps} steps (to step {step}) all had a non-finite loss \
+         or gradient and were skipped (train.max_bad_steps = {bad_steps}); {kept}. Start a new \
+         run with a lower optim.lr_per_256 or a longer optim.warmup_epochs"
+    )]
+    Diverged { step: u64, bad_steps: u64, kept: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

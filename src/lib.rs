@@ -5,6 +5,11 @@
 //! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
 //! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`] and timed
 //! by [`bench`]; [`config`] holds the one typed configuration.
+// Anything a user controls (files, configs, checkpoints) fails with an
+// `Error` through `?`, never a panic; `expect` stays for internal invariants,
+// its message saying why it cannot fail. .ci/run checks this with clippy.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod backbone;
 pub mod bench;
 pub mod checkpoint;

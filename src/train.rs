@@ -53,9 +53,29 @@ impl RunDir {
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
     }
+    pub fn numbered_checkpoint(&self, step: u64) -> PathBuf {
+        self.checkpoints().join(format!("step-{step:07}.safetensors"))
+    }
+    /// The checkpoints to resume from, best first: `last.safetensors`, then
+    /// the numbered copies, newest first.
+    pub fn checkpoint_files(&self) -> Vec<PathBuf> {
+        let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(self.checkpoints())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let step = name.to_str()?.strip_prefix("step-")?.strip_suffix(".safetensors")?;
+                Some((step.parse().ok()?, entry.path()))
+            })
+            .collect();
+        numbered.sort_by_key(|n| std::cmp::Reverse(n.0));
+        let last = self.last_checkpoint();
+        last.exists().then_some(last).into_iter().chain(numbered.into_iter().map(|n| n.1)).collect()
+    }
     /// A run with a checkpoint to continue from.
     pub fn can_resume(&self) -> bool {
-        self.last_checkpoint().exists()
+        !self.checkpoint_files().is_empty()
     }
 }
 
@@ -78,6 +98,8 @@ pub struct RunSummary {
     /// Why the run stopped early, if it did.
     pub stopped_by: Option<String>,
     pub final_loss: Option<f64>,
+    /// Steps skipped for a non-finite loss or gradient, over the whole run.
+    pub skipped_steps: u64,
     pub wall_s: f64,
     pub images_per_sec: f64,
     pub data_wait_fraction: f64,
@@ -99,6 +121,8 @@ struct MetricsLine {
     target_std: f64,
     positive_fraction: f64,
     replaced_images: usize,
+    /// Steps skipped so far for a non-finite loss or gradient.
+    skipped_steps: u64,
 }
 
 pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
@@ -151,7 +175,12 @@ pub fn lr_schedule(cfg: &Config, batches_per_epoch: usize, world_size: usize) ->
 
 /// What one optimiser step did.
 pub struct StepStats {
+    /// NaN or infinite when the step was skipped for it.
     pub loss: f64,
+    /// Norm of all online gradients together, before LARS.
+    pub grad_norm: f64,
+    /// The loss or the gradient was not finite, so nothing was applied.
+    pub skipped: bool,
     pub lr: f64,
     pub momentum: f64,
     pub target_std: f64,
@@ -165,7 +194,13 @@ pub struct Trainer {
     schedule: LrSchedule,
     momentum_base: f64,
     device: Device,
-    /// Steps taken so far.
+    /// Every tensor a forward pass or the momentum update changes before we
+    /// know whether the step is good (target parameters and buffers, online
+    /// BN buffers), each with a buffer of its own shape to restore it from.
+    undo: Vec<(Tensor, Tensor)>,
+    /// The trainable online parameters, whose gradients are checked.
+    params: Vec<Tensor>,
+    /// Steps taken so far, skipped ones included.
     pub step: u64,
     pub total_steps: u64,
 }
@@ -176,36 +211,79 @@ impl Trainer {
         let model = PixPro::new(cfg.model.clone(), device)?;
         let opt = Lars::new(&model.online, cfg.optim.lars());
         let schedule = lr_schedule(cfg, batches_per_epoch, 1);
+        let undo = checkpoint::named(&model.target)
+            .into_iter()
+            .chain(checkpoint::named(&model.online).into_iter().filter(|(_, t)| !t.requires_grad()))
+            .map(|(_, t)| {
+                let saved = t.detach().empty_like();
+                (t, saved)
+            })
+            .collect();
+        let params = model.online.trainable_variables();
         Ok(Trainer {
             model,
             opt,
             schedule,
             momentum_base: cfg.model.momentum_base,
             device,
+            undo,
+            params,
             step: 0,
             total_steps: schedule.total_steps,
         })
     }
 
     /// Spec sections 4-6 for one batch: momentum update of the target, loss
-    /// of both directions, backward, LARS. A non-finite loss is returned as
-    /// an error before anything touches the online weights or the optimiser.
+    /// of both directions, backward, LARS.
+    ///
+    /// A step whose loss or global gradient norm is not finite is skipped:
+    /// the target, the BN statistics, the online weights and the optimiser
+    /// are left as they were before it, and `skipped` is set. It still counts
+    /// as a step (the step counter, the schedules and the data position move
+    /// on), so a run neither loops on a bad batch nor drifts from the loader
+    /// position a checkpoint records.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         let (v1, v2, c1, c2) = batch_tensors(batch, self.device);
         let tau = momentum_at(self.step, self.total_steps, self.momentum_base);
         let lr = self.schedule.at(self.step);
+        // A device-side copy of the target and the BN buffers: cheap next to
+        // a forward pass, and the only way to undo the momentum update
+        // exactly (the reference applies it before the forward).
+        tch::no_grad(|| {
+            for (live, saved) in &mut self.undo {
+                saved.copy_(live);
+            }
+        });
         self.model.momentum_update(tau);
         let out = self.model.forward_loss(&v1, &v2, &c1, &c2)?;
-        let loss = out.loss.to_kind(Kind::Double).double_value(&[]);
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { step: self.step + 1, value: loss });
-        }
         self.opt.zero_grad();
         out.loss.backward();
-        self.opt.step(lr);
+        // One host sync for both checks.
+        let checks = Tensor::stack(
+            &[
+                out.loss.detach().to_kind(Kind::Double),
+                grad_norm(&self.params).to_kind(Kind::Double),
+            ],
+            0,
+        );
+        let checks = Vec::<f64>::try_from(&checks)?;
+        let (loss, grad_norm) = (checks[0], checks[1]);
+        let skipped = !(loss.is_finite() && grad_norm.is_finite());
+        if skipped {
+            tch::no_grad(|| {
+                for (live, saved) in &mut self.undo {
+                    live.copy_(saved);
+                }
+            });
+            self.opt.zero_grad();
+        } else {
+            self.opt.step(lr);
+        }
         self.step += 1;
         Ok(StepStats {
             loss,
+            grad_norm,
+            skipped,
             lr,
             momentum: tau,
             target_std: out.target_std,
@@ -213,9 +291,29 @@ impl Trainer {
         })
     }
 
+    /// Writes the state to `path`; refuses, keeping the file there, when a
+    /// weight or momentum buffer is not finite (an update that overflowed
+    /// with finite gradients), so that a checkpoint is always a good state.
     pub fn save(&self, path: &std::path::Path, mut meta: Meta) -> Result<()> {
         meta.step = self.step;
         meta.total_steps = self.total_steps;
+        let state = checkpoint::named(&self.model.online)
+            .into_iter()
+            .chain(checkpoint::named(&self.model.target))
+            .chain(self.opt.state())
+            .filter(|(_, t)| t.is_floating_point())
+            .map(|(_, t)| t.isfinite().all())
+            .collect::<Vec<_>>();
+        if !state.is_empty() && !bool::try_from(Tensor::stack(&state, 0).all())? {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "not written: the weights are not finite after step {}; the file there is \
+                     kept as the last good state",
+                    self.step
+                ),
+            });
+        }
         Checkpoint::save(
             path,
             &meta,
@@ -240,9 +338,36 @@ impl Trainer {
     }
 }
 
+/// Norm of all gradients of `params` together: per-tensor norms on the
+/// device and one reduction over them, so checking it costs one host sync.
+fn grad_norm(params: &[Tensor]) -> Tensor {
+    let norms: Vec<Tensor> = params
+        .iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .map(|g| g.norm().to_kind(Kind::Float))
+        .collect();
+    match norms.first() {
+        Some(_) => Tensor::stack(&norms, 0).norm(),
+        None => Tensor::zeros([], (Kind::Float, Device::Cpu)),
+    }
+}
+
 /// Trains `cfg` on the images under `opts.data`, continuing from the run's
-/// last checkpoint when there is one.
+/// newest loadable checkpoint when there is one.
 pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
+    pretrain_with_nan_batches(cfg, opts, &|_| false)
+}
+
+/// [`pretrain`], with a NaN put into the batch of every step `nan_batch`
+/// picks (1-based): how the tests reach the divergence guard without a
+/// diverging recipe.
+#[doc(hidden)]
+pub fn pretrain_with_nan_batches(
+    cfg: &Config,
+    opts: &RunOptions,
+    nan_batch: &dyn Fn(u64) -> bool,
+) -> Result<RunSummary> {
     cfg.validate()?;
     let run = &opts.run;
     let started = Instant::now();
@@ -256,8 +381,13 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let total = trainer.total_steps;
 
     fs::create_dir_all(run.checkpoints()).map_err(|e| Error::io(run.checkpoints(), e))?;
+    let mut skipped = 0u64;
     if run.can_resume() {
-        trainer.restore(&Checkpoint::load(&run.last_checkpoint())?)?;
+        let meta = restore_newest(&mut trainer, run)?;
+        skipped = meta.skipped_steps;
+        // A run killed after its last checkpoint logged steps that will now
+        // run again; drop their lines so each step appears once.
+        truncate_metrics(&run.metrics(), trainer.step)?;
         tracing::info!("resuming {} at step {} of {total}", run.root.display(), trainer.step);
     }
     let config_text = cfg.to_toml();
@@ -278,7 +408,7 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
             .map_err(|e| Error::io("(signal handler)", e))?;
     }
 
-    let save = |trainer: &Trainer| -> Result<()> {
+    let save = |trainer: &Trainer, skipped: u64| -> Result<()> {
         let step = trainer.step;
         let meta = Meta {
             version: FORMAT_VERSION,
@@ -287,6 +417,7 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
             epoch: step / per_epoch,
             index_in_epoch: (step % per_epoch) as usize,
             config: config_text.clone(),
+            skipped_steps: skipped,
         };
         let last = run.last_checkpoint();
         trainer.save(&last, meta)?;
@@ -295,7 +426,7 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
             tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {
-            let numbered = run.checkpoints().join(format!("step-{step:07}.safetensors"));
+            let numbered = run.numbered_checkpoint(step);
             let _ = fs::remove_file(&numbered);
             fs::hard_link(&last, &numbered)
                 .or_else(|_| fs::copy(&last, &numbered).map(|_| ()))
@@ -312,21 +443,44 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let mut replaced = 0usize;
     let mut last_loss = None;
     let mut stopped_by = None;
+    // Consecutive skipped steps, and the step of the last checkpoint written.
+    let mut streak = 0u64;
+    let mut saved_step = trainer.step;
+    let mut diverged = false;
     while trainer.step < stop_at {
         let t0 = Instant::now();
-        let batch =
+        let mut batch =
             batches.next().ok_or_else(|| Error::data(&opts.data, "the loader stopped"))??;
         let waited = t0.elapsed().as_secs_f64();
         for (path, reason) in &batch.replaced {
             tracing::warn!("{}: {reason}; replaced by another image", path.display());
         }
         replaced += batch.replaced.len();
+        if nan_batch(trainer.step + 1) {
+            batch.view1.iter_mut().for_each(|p| *p = f32::NAN);
+        }
         let stats = trainer.train_step(&batch)?;
         let step = trainer.step;
-        last_loss = Some(stats.loss);
+        let loss = if stats.skipped {
+            skipped += 1;
+            streak += 1;
+            bar.suspend(|| {
+                tracing::warn!(
+                    "step {step}: loss {} and gradient norm {} are not both finite; step skipped \
+                     ({streak} in a row, {skipped} in this run)",
+                    stats.loss,
+                    stats.grad_norm
+                )
+            });
+            None
+        } else {
+            streak = 0;
+            last_loss = Some(stats.loss);
+            Some(stats.loss)
+        };
         let elapsed = t0.elapsed().as_secs_f64();
-        window.add(elapsed, waited, batch.indices.len(), stats.loss);
-        totals.add(elapsed, waited, batch.indices.len(), stats.loss);
+        window.add(elapsed, waited, batch.indices.len(), loss);
+        totals.add(elapsed, waited, batch.indices.len(), loss);
         if step % cfg.train.log_every == 0 || step == stop_at {
             let line = MetricsLine {
                 step,
@@ -340,6 +494,7 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
                 target_std: stats.target_std,
                 positive_fraction: stats.positive_fraction,
                 replaced_images: replaced,
+                skipped_steps: skipped,
             };
             let json = serde_json::to_string(&line).unwrap_or_default();
             writeln!(metrics, "{json}").map_err(|e| Error::io(run.metrics(), e))?;
@@ -362,8 +517,16 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
             stats.lr,
             totals.images_per_sec()
         ));
-        if step % cfg.train.checkpoint_every == 0 {
-            save(&trainer)?;
+        if streak >= cfg.train.max_bad_steps {
+            diverged = true;
+            break;
+        }
+        // No periodic checkpoint inside a streak of skipped steps: the
+        // weights are those from before it, but a streak can also mean the
+        // last applied update already broke them.
+        if step % cfg.train.checkpoint_every == 0 && streak == 0 {
+            save(&trainer, skipped)?;
+            saved_step = step;
         }
         if interrupted.load(Ordering::Relaxed) {
             stopped_by = Some("interrupted by a signal".to_string());
@@ -371,19 +534,26 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     drop(batches);
-    if trainer.step % cfg.train.checkpoint_every != 0 {
-        save(&trainer)?;
+    if !diverged && saved_step != trainer.step {
+        save(&trainer, skipped)?;
     }
     bar.finish_and_clear();
-    if stopped_by.is_none() && trainer.step < total {
+    if diverged {
+        stopped_by = Some(format!(
+            "diverged: {streak} consecutive steps skipped to step {}; last checkpoint at step \
+             {saved_step}",
+            trainer.step
+        ));
+    } else if stopped_by.is_none() && trainer.step < total {
         stopped_by = Some(format!("--stop-at {stop_at}"));
     }
     let summary = RunSummary {
         steps_done: trainer.step,
         total_steps: total,
-        finished: trainer.step == total,
+        finished: trainer.step == total && !diverged,
         stopped_by,
         final_loss: last_loss,
+        skipped_steps: skipped,
         wall_s: started.elapsed().as_secs_f64(),
         images_per_sec: totals.images_per_sec(),
         data_wait_fraction: totals.wait_fraction(),
@@ -393,7 +563,66 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     };
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     checkpoint::write_atomically(&run.summary(), json.as_bytes())?;
+    if diverged {
+        let kept = if run.last_checkpoint().exists() {
+            format!(
+                "{} (step {saved_step}) is kept as the last good state",
+                run.last_checkpoint().display()
+            )
+        } else {
+            "no checkpoint had been written yet".to_string()
+        };
+        return Err(Error::Diverged { step: trainer.step, bad_steps: streak, kept });
+    }
     Ok(summary)
+}
+
+/// Restores `trainer` from the newest checkpoint of `run` that loads and fits,
+/// saying why each newer one was passed over.
+fn restore_newest(trainer: &mut Trainer, run: &RunDir) -> Result<Meta> {
+    let mut tried = Vec::new();
+    for path in run.checkpoint_files() {
+        match Checkpoint::load(&path).and_then(|ck| trainer.restore(&ck).map(|_| ck.meta)) {
+            Ok(meta) => {
+                if !tried.is_empty() {
+                    tracing::warn!("falling back to {} (step {})", path.display(), meta.step);
+                }
+                return Ok(meta);
+            }
+            Err(e) => {
+                tracing::warn!("cannot resume from {e}");
+                tried.push(format!("{} ({e})", path.display()));
+            }
+        }
+    }
+    Err(Error::Checkpoint {
+        path: run.checkpoints(),
+        reason: format!(
+            "no checkpoint to resume from loads; tried: {}. Move the folder away to start again",
+            tried.join("; ")
+        ),
+    })
+}
+
+/// Drops the lines of `path` (metrics.jsonl) past `step`, and a torn last
+/// line, atomically; a missing file is left missing.
+pub fn truncate_metrics(path: &std::path::Path, step: u64) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let keep = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+            .is_some_and(|s| s <= step)
+    };
+    let kept: String = text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect();
+    if kept.len() != text.len() {
+        checkpoint::write_atomically(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Scans `data` and opens a one-process loader for `cfg`, reporting
@@ -454,12 +683,15 @@ struct Window {
 }
 
 impl Window {
-    fn add(&mut self, seconds: f64, waited: f64, images: usize, loss: f64) {
+    /// `loss` is None for a skipped step, which counts in the rates only.
+    fn add(&mut self, seconds: f64, waited: f64, images: usize, loss: Option<f64>) {
         self.seconds += seconds;
         self.waited += waited;
         self.images += images;
-        self.loss_sum += loss;
-        self.steps += 1;
+        if let Some(loss) = loss {
+            self.loss_sum += loss;
+            self.steps += 1;
+        }
     }
     fn images_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
@@ -475,8 +707,13 @@ impl Window {
             0.0
         }
     }
+    /// NaN (null in metrics.jsonl) when every step of the window was skipped.
     fn mean_loss(&self) -> f64 {
-        self.loss_sum / self.steps.max(1) as f64
+        if self.steps == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.steps as f64
+        }
     }
 }
 

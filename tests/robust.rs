@@ -1,0 +1,379 @@
+//! Nothing lost: bad batches, broken checkpoints, signals and kills, on tiny
+//! generated images (see docs/robustness.md for the behaviour pinned here).
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pixpro::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
+use pixpro::config::Config;
+use pixpro::train::{
+    open_loader, pretrain, pretrain_with_nan_batches, saved_config, RunDir, RunOptions, Trainer,
+};
+use pixpro::Error;
+
+/// The network and data of tests/pretrain.rs: a step takes well under a
+/// second on a shared CPU.
+const TINY: &str = r#"
+[model]
+arch = "resnet18"
+output_stride = 8
+proj_hidden = 32
+proj_dim = 16
+[augment]
+image_size = 32
+[optim]
+warmup_epochs = 0.5
+[train]
+batch_size = 4
+steps = 6
+workers = 2
+log_every = 1
+checkpoint_every = 3
+device = "cpu"
+"#;
+
+fn config(extra_train: &str) -> Config {
+    let text = TINY.replace("device = \"cpu\"", &format!("device = \"cpu\"\n{extra_train}"));
+    Config::from_toml_str(&text, &Config::default()).unwrap()
+}
+
+fn make_images(dir: &Path, n: u32) {
+    for i in 0..n {
+        let sub = dir.join(format!("group{}", i % 3));
+        std::fs::create_dir_all(&sub).unwrap();
+        let img = image::RgbImage::from_fn(64 + 8 * (i % 4), 48 + 4 * (i % 5), |x, y| {
+            let block = ((x / 12 + y / 12 + i) % 3) as u8;
+            image::Rgb([
+                (x * 4 + i * 20) as u8,
+                (y * 5 + block as u32 * 60) as u8,
+                ((x + y) * 2 + i * 7) as u8,
+            ])
+        });
+        let ext = if i % 2 == 0 { "png" } else { "jpg" };
+        img.save(sub.join(format!("img{i}.{ext}"))).unwrap();
+    }
+}
+
+fn options(data: &Path, run: &Path, stop_at: Option<u64>) -> RunOptions {
+    RunOptions { data: data.to_path_buf(), run: RunDir::new(run), stop_at, quiet: true }
+}
+
+/// Every tensor of a checkpoint (online, target, optim), by full name.
+fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let ck = Checkpoint::load(path).unwrap();
+    let mut out = Vec::new();
+    for group in ["online", "target", "optim"] {
+        for (name, t) in ck.group(group) {
+            out.push((format!("{group}/{name}"), t.shallow_clone()));
+        }
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metric_steps(run: &Path) -> Vec<u64> {
+    metrics(run).iter().map(|l| l["step"].as_u64().unwrap()).collect()
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+fn meta(step: u64) -> Meta {
+    Meta {
+        version: FORMAT_VERSION,
+        step,
+        total_steps: 6,
+        epoch: 0,
+        index_in_epoch: 0,
+        config: String::new(),
+        skipped_steps: 0,
+    }
+}
+
+#[test]
+fn a_nan_batch_changes_nothing_but_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = config("");
+    let loader = open_loader(&cfg, &data, 1).unwrap();
+    let mut batches = loader.iter_from(0, 0);
+    let mut trainer = Trainer::new(&cfg, loader.batches_per_epoch(), tch::Device::Cpu).unwrap();
+    // One good step first, so the momentum buffers are not all zero.
+    let stats = trainer.train_step(&batches.next().unwrap().unwrap()).unwrap();
+    assert!(!stats.skipped && stats.loss.is_finite() && stats.grad_norm > 0.0);
+    let before = tmp.path().join("before.safetensors");
+    trainer.save(&before, meta(0)).unwrap();
+
+    let mut bad = batches.next().unwrap().unwrap();
+    bad.view2[17] = f32::NAN;
+    let stats = trainer.train_step(&bad).unwrap();
+    assert!(stats.skipped, "loss {} grad norm {}", stats.loss, stats.grad_norm);
+    assert_eq!(trainer.step, 2, "a skipped step still counts");
+    let after = tmp.path().join("after.safetensors");
+    trainer.save(&after, meta(0)).unwrap();
+    // Online and target weights, BN statistics and LARS momentum, bit for bit.
+    assert_same_tensors(&before, &after);
+
+    let stats = trainer.train_step(&batches.next().unwrap().unwrap()).unwrap();
+    assert!(!stats.skipped && stats.loss.is_finite());
+}
+
+#[test]
+fn skipped_steps_are_counted_and_a_streak_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+
+    let once = tmp.path().join("once");
+    let s =
+        pretrain_with_nan_batches(&config(""), &options(&data, &once, None), &|s| s == 2).unwrap();
+    assert_eq!((s.steps_done, s.finished, s.skipped_steps), (6, true, 1));
+    let lines = metrics(&once);
+    assert!(lines[1]["loss"].is_null(), "{}", lines[1]);
+    assert_eq!(lines[0]["skipped_steps"], 0);
+    assert_eq!(lines[5]["skipped_steps"], 1);
+    assert_eq!(summary(&once)["skipped_steps"], 1);
+
+    // Steps 5, 6 and 7 go bad: the run stops at 7 without writing the
+    // checkpoint due at step 6, so the one from step 3 is kept.
+    let streak = tmp.path().join("streak");
+    let mut cfg = config("max_bad_steps = 3");
+    cfg.train.steps = Some(20);
+    let err =
+        pretrain_with_nan_batches(&cfg, &options(&data, &streak, None), &|s| s >= 5).unwrap_err();
+    assert!(matches!(err, Error::Diverged { step: 7, bad_steps: 3, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("last.safetensors (step 3)") && msg.contains("lr_per_256"), "{msg}");
+    let last = streak.join("checkpoints/last.safetensors");
+    assert_eq!(Checkpoint::load(&last).unwrap().meta.step, 3);
+    assert!(!streak.join("checkpoints/step-0000006.safetensors").exists());
+    let s = summary(&streak);
+    assert_eq!((s["finished"].as_bool(), s["skipped_steps"].as_u64()), (Some(false), Some(3)));
+    assert!(s["stopped_by"].as_str().unwrap().contains("diverged"), "{s}");
+}
+
+#[test]
+fn a_truncated_last_checkpoint_falls_back_to_the_numbered_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = config("");
+    let straight = tmp.path().join("straight");
+    pretrain(&cfg, &options(&data, &straight, None)).unwrap();
+
+    // Stopped at 5: last.safetensors holds step 5, step-0000003 the one before.
+    let run = tmp.path().join("run");
+    pretrain(&cfg, &options(&data, &run, Some(5))).unwrap();
+    let last = run.join("checkpoints/last.safetensors");
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+    let s = pretrain(&cfg, &options(&data, &run, None)).unwrap();
+    assert_eq!((s.steps_done, s.finished), (6, true));
+    // Steps 4 and 5 ran twice; metrics.jsonl has each step once.
+    assert_eq!(metric_steps(&run), (1..=6).collect::<Vec<_>>());
+    assert_same_tensors(&straight.join("checkpoints/last.safetensors"), &last);
+}
+
+#[test]
+fn a_run_without_a_loadable_checkpoint_names_the_files_tried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join("checkpoints/last.safetensors"), b"not a checkpoint").unwrap();
+    std::fs::write(run.join("checkpoints/step-0000003.safetensors"), b"").unwrap();
+    let err = pretrain(&config(""), &options(&data, &run, None)).unwrap_err().to_string();
+    assert!(err.contains("last.safetensors") && err.contains("step-0000003.safetensors"), "{err}");
+}
+
+/// Starts the real binary on `run`, its stderr in `run`.stderr.
+fn spawn(data: &Path, run: &Path, cfg: &Path, extra: &[&str]) -> Child {
+    let log = run.with_extension("stderr");
+    Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["pretrain", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(run)
+        .arg("--config")
+        .arg(cfg)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn stderr_of(run: &Path) -> String {
+    std::fs::read_to_string(run.with_extension("stderr")).unwrap_or_default()
+}
+
+/// Waits until metrics.jsonl of `run` has `lines` lines; false if the
+/// process exited first.
+fn wait_for_lines(child: &mut Child, run: &Path, lines: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let n = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= lines {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "no {lines} metrics lines:\n{}", stderr_of(run));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill(child: &Child, signal: &str) {
+    let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+fn write_config(dir: &Path, steps: u64) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, TINY.replace("steps = 6", &format!("steps = {steps}"))).unwrap();
+    path
+}
+
+#[test]
+fn sigterm_checkpoints_and_the_same_command_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = write_config(tmp.path(), 1000);
+    let run = tmp.path().join("run");
+    let mut child = spawn(&data, &run, &cfg, &[]);
+    assert!(wait_for_lines(&mut child, &run, 1), "{}", stderr_of(&run));
+    kill(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", stderr_of(&run));
+    let s = summary(&run);
+    assert!(s["stopped_by"].as_str().unwrap().contains("signal"), "{s}");
+    let done = s["steps_done"].as_u64().unwrap();
+    let ck = Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap();
+    assert_eq!(ck.meta.step, done);
+    assert!(done < 1000);
+
+    let until = (done + 2).to_string();
+    let mut child = spawn(&data, &run, &cfg, &["--stop-at", &until]);
+    assert!(child.wait().unwrap().success(), "{}", stderr_of(&run));
+    assert!(stderr_of(&run).contains(&format!("resuming {} at step {done}", run.display())));
+    assert_eq!(summary(&run)["steps_done"].as_u64(), Some(done + 2));
+}
+
+#[test]
+fn sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let steps = 10;
+    let cfg_path = write_config(tmp.path(), steps);
+    let run = tmp.path().join("killed");
+    let mut child = spawn(&data, &run, &cfg_path, &[]);
+    // A step after the first periodic checkpoint (3), varying between runs.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let kill_after = 4 + (nanos.subsec_nanos() as usize % 5);
+    assert!(wait_for_lines(&mut child, &run, kill_after), "{}", stderr_of(&run));
+    kill(&child, "-KILL");
+    child.wait().unwrap();
+    // Only counted: the kill may have torn the last line.
+    let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
+    let saved = Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap().meta.step;
+    eprintln!("killed after {logged} logged steps, checkpoint at step {saved}");
+    assert!(saved >= 3 && saved as usize <= logged);
+
+    let mut child = spawn(&data, &run, &cfg_path, &[]);
+    assert!(child.wait().unwrap().success(), "{}", stderr_of(&run));
+    assert_eq!(metric_steps(&run), (1..=steps).collect::<Vec<_>>());
+
+    // The same recipe, uninterrupted, in this process.
+    let straight = tmp.path().join("straight");
+    let cfg = saved_config(&RunDir::new(&run)).unwrap();
+    pretrain(&cfg, &options(&data, &straight, None)).unwrap();
+    assert_same_tensors(
+        &straight.join("checkpoints/last.safetensors"),
+        &run.join("checkpoints/last.safetensors"),
+    );
+}
+
+/// A small deterministic generator, so that a failure reproduces.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// `seed` with a few bytes changed, inserted or cut off.
+    fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+        let mut b = seed.to_vec();
+        for _ in 0..1 + self.below(4) {
+            match self.below(3) {
+                0 if !b.is_empty() => {
+                    let i = self.below(b.len());
+                    b[i] = self.next() as u8;
+                }
+                1 => {
+                    let i = self.below(b.len() + 1);
+                    b.insert(i, self.next() as u8);
+                }
+                _ => b.truncate(self.below(b.len() + 1)),
+            }
+        }
+        b
+    }
+}
+
+/// Stable-Rust stand-in for the cargo-fuzz targets (docs/robustness.md):
+/// damaged images and configs give an error or a value, never a panic.
+#[test]
+fn damaged_images_and_configs_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_images(tmp.path(), 2);
+    let seeds: Vec<Vec<u8>> = ["group0/img0.png", "group1/img1.jpg"]
+        .iter()
+        .map(|p| std::fs::read(tmp.path().join(p)).unwrap())
+        .collect();
+    let mut rng = XorShift(0x5eed);
+    let path = tmp.path().join("fuzz.img");
+    for i in 0..400 {
+        let bytes = rng.mutate(&seeds[i % 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(img) = pixpro::dataset::load_rgb(&path) {
+            assert!(img.width() > 0 && img.height() > 0);
+        }
+    }
+    for _ in 0..2000 {
+        let text = String::from_utf8_lossy(&rng.mutate(TINY.as_bytes())).to_string();
+        if let Ok(cfg) = Config::from_toml_str(&text, &Config::default()) {
+            let _ = cfg.validate();
+        }
+    }
+}
