@@ -76,9 +76,12 @@ pub enum DeviceChoice {
 pub struct TrainConfig {
     /// Images per process and step (two views each), as in the reference.
     pub batch_size: usize,
-    /// Length of the run in epochs over the data; `steps` wins when both are set.
-    pub epochs: Option<u64>,
-    pub steps: Option<u64>,
+    /// Length of the run in epochs over the data, used when `steps` is 0.
+    pub epochs: u64,
+    /// Length of the run in optimiser steps; 0 means `epochs` epochs. (A
+    /// number rather than an option so that a saved config reads back the
+    /// same: TOML has no null.)
+    pub steps: u64,
     pub seed: u64,
     /// Loader threads; 0 picks from the cores libtorch leaves free.
     pub workers: usize,
@@ -101,8 +104,8 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             batch_size: 128,
-            epochs: Some(100),
-            steps: None,
+            epochs: 100,
+            steps: 0,
             seed: 0,
             workers: 0,
             prefetch: 4,
@@ -137,8 +140,7 @@ impl Preset {
                 c.augment.image_size = 96;
                 c.optim.warmup_epochs = 1.0;
                 c.train.batch_size = 32;
-                c.train.epochs = None;
-                c.train.steps = Some(1000);
+                c.train.steps = 1000;
                 c.train.checkpoint_every = 100;
                 c
             }
@@ -225,13 +227,11 @@ impl Config {
                 ),
             ));
         }
-        match (t.steps, t.epochs) {
-            (Some(0), _) => return Err(Error::config("train.steps", "must be at least 1")),
-            (None, Some(0)) => return Err(Error::config("train.epochs", "must be at least 1")),
-            (None, None) => {
-                return Err(Error::config("train.steps", "set train.steps or train.epochs"))
-            }
-            _ => {}
+        if t.steps == 0 && t.epochs == 0 {
+            return Err(Error::config(
+                "train.steps",
+                "set train.steps or train.epochs to at least 1",
+            ));
         }
         if t.prefetch == 0 {
             return Err(Error::config("train.prefetch", "must be at least 1"));
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(c.model.arch, Arch::ResNet50);
         assert_eq!(c.augment.image_size, 224);
         assert_eq!(c.train.batch_size * 8, 1024);
-        assert_eq!(c.train.epochs, Some(100));
+        assert_eq!((c.train.epochs, c.train.steps), (100, 0));
         assert_eq!(c.optim.lr_per_256, 1.0);
         assert_eq!(c.optim.warmup_epochs, 5.0);
         assert_eq!(c.optim.weight_decay, 1e-5);

@@ -421,7 +421,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     cfg.train.seed = args.seed;
     cfg.train.device = args.device.into();
     if let Some(s) = args.steps {
-        cfg.train.steps = Some(s);
+        cfg.train.steps = s;
     }
     eprintln!(
         "pixpro demo: build TuxSeg (real photos with pasted real-object cutouts), pretrain {} at {} px \
@@ -429,7 +429,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
          About {} minutes on 2 CPU cores; re-running continues where it stopped.",
         cfg.model.arch,
         cfg.augment.image_size,
-        cfg.train.steps.unwrap_or(0),
+        cfg.train.steps,
         DEMO_MINUTES
     );
     if !data.join("voc").join("ImageSets").exists() {
@@ -647,11 +647,11 @@ impl PretrainArgs {
     /// Applies the flags that change what is trained.
     fn apply_recipe_flags(&self, cfg: &mut Config) {
         if let Some(s) = self.steps {
-            cfg.train.steps = Some(s);
+            cfg.train.steps = s;
         }
         if let Some(e) = self.epochs {
-            cfg.train.epochs = Some(e);
-            cfg.train.steps = None;
+            cfg.train.epochs = e;
+            cfg.train.steps = 0;
         }
         if let Some(b) = self.batch_size {
             cfg.train.batch_size = b;

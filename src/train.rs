@@ -159,7 +159,11 @@ fn batch_tensors(b: &Batch, device: Device) -> (Tensor, Tensor, Tensor, Tensor) 
 
 /// Total steps of the run for a data set of `batches_per_epoch`.
 pub fn total_steps(cfg: &Config, batches_per_epoch: usize) -> u64 {
-    cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * batches_per_epoch as u64)
+    if cfg.train.steps > 0 {
+        cfg.train.steps
+    } else {
+        cfg.train.epochs * batches_per_epoch as u64
+    }
 }
 
 pub fn lr_schedule(cfg: &Config, batches_per_epoch: usize, world_size: usize) -> LrSchedule {

@@ -114,7 +114,7 @@ fn a_nan_batch_changes_nothing_but_the_step() {
     let data = tmp.path().join("images");
     make_images(&data, 8);
     let cfg = config("");
-    let loader = open_loader(&cfg, &data, 1).unwrap();
+    let loader = open_loader(&cfg, &data, 1, tch::Device::Cpu).unwrap();
     let mut batches = loader.iter_from(0, 0);
     let mut trainer = Trainer::new(&cfg, loader.batches_per_epoch(), tch::Device::Cpu).unwrap();
     // One good step first, so the momentum buffers are not all zero.
@@ -157,7 +157,7 @@ fn skipped_steps_are_counted_and_a_streak_stops_the_run() {
     // checkpoint due at step 6, so the one from step 3 is kept.
     let streak = tmp.path().join("streak");
     let mut cfg = config("max_bad_steps = 3");
-    cfg.train.steps = Some(20);
+    cfg.train.steps = 20;
     let err =
         pretrain_with_nan_batches(&cfg, &options(&data, &streak, None), &|s| s >= 5).unwrap_err();
     assert!(matches!(err, Error::Diverged { step: 7, bad_steps: 3, .. }), "{err}");
