@@ -47,6 +47,9 @@ enum Command {
         pixpro probe --checkpoint CKPT --voc ~/VOCdevkit/VOC2012 --out probe-voc")]
     Probe(ProbeArgs),
     /// Write the backbone's dense feature map of an image (or of every image in a folder).
+    #[command(after_help = "Examples:\n  \
+        pixpro embed --checkpoint CKPT --image photo.jpg --out photo.safetensors\n  \
+        pixpro embed --checkpoint CKPT --image ~/photos --out ~/photo-features")]
     Embed(EmbedArgs),
     /// Export the pretrained encoder for torchvision or Detectron2.
     #[command(after_help = "Examples:\n  \
@@ -54,6 +57,9 @@ enum Command {
         pixpro export --checkpoint CKPT --format detectron2 --out pixpro_d2.pkl")]
     Export(ExportArgs),
     /// The whole loop on real photos: build TuxSeg, pretrain (cpu preset), probe against random init.
+    #[command(after_help = "Examples:\n  \
+        pixpro demo                               # runs/demo; run again to continue\n  \
+        pixpro demo --out runs/demo-s1 --data runs/demo/tuxseg --seed 1")]
     Demo(DemoArgs),
     /// Pictures: the two views and their positive pairs, or what a checkpoint's features show.
     #[command(subcommand)]
@@ -107,6 +113,11 @@ struct InspectFeaturesArgs {
     count: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Network input size for the pictures [default: the checkpoint's, at
+    /// least 224]: the encoder is fully convolutional, and a small training
+    /// size gives cells too coarse to see.
+    #[arg(long)]
+    image_size: Option<u32>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -133,12 +144,15 @@ fn inspect_views(args: &InspectViewsArgs) -> Result<()> {
 
 fn inspect_features(args: &InspectFeaturesArgs) -> Result<()> {
     let (cfg, model) = train::load_pixpro(&args.checkpoint, device_of(args.device)?)?;
+    let mut augment = cfg.augment.clone();
+    augment.image_size = args.image_size.unwrap_or(augment.image_size.max(224));
+    augment.validate()?;
     let written = pixpro::inspect::inspect_features(
         &model,
         &args.images,
         &args.out,
         args.count,
-        &cfg.augment,
+        &augment,
         args.seed,
     )?;
     eprintln!("wrote {} pictures to {}", written.len(), args.out.display());
@@ -148,6 +162,7 @@ fn inspect_features(args: &InspectFeaturesArgs) -> Result<()> {
 #[derive(Subcommand)]
 enum DataCommand {
     /// Cut-and-paste segmentation on real photos (Debian wallpapers + Tux Paint stamps).
+    #[command(after_help = "Example:\n  pixpro data tuxseg --out data/tuxseg --seed 0")]
     Tuxseg(TuxsegArgs),
 }
 
@@ -335,6 +350,16 @@ fn run_probe(
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("{}", path.display()))?;
     pixpro::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
+    let split = pixpro::voc::VocSplit::open(voc, "val", result.classes.len())?;
+    let palette = pixpro::plots::voc_palette(result.classes.len());
+    for (id, pred) in &result.examples {
+        let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
+        let sample = split.get(index)?;
+        let picture =
+            pixpro::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette)?;
+        let path = out.join(format!("prediction-{id}.png"));
+        picture.save(&path).with_context(|| format!("{}", path.display()))?;
+    }
     Ok(result)
 }
 
@@ -362,7 +387,7 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     };
     let r = run_probe(&backbone, &args.voc, &args.out, &cfg)?;
     print_probe(&backbone.source, &r);
-    eprintln!("wrote probe.json and confusion.png in {}", args.out.display());
+    eprintln!("wrote probe.json, confusion.png and prediction pictures in {}", args.out.display());
     Ok(())
 }
 

@@ -93,7 +93,14 @@ pub struct ProbeResult {
     /// Backbone output per image, [C, h, w].
     pub feature_shape: [i64; 3],
     pub seconds: f64,
+    /// Predicted masks of the first [`EXAMPLES`] val images, `(id, classes
+    /// at the mask's size)`, for pictures.
+    #[serde(skip)]
+    pub examples: Vec<(String, Vec<u8>)>,
 }
+
+/// Val predictions kept in a [`ProbeResult`] for pictures.
+pub const EXAMPLES: usize = 4;
 
 /// IoU scores read off a confusion matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +245,7 @@ pub fn run_probe_on(
     }
 
     let mut confusion = vec![vec![0u64; k]; k];
+    let mut examples = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for (i, (mask, mh, mw)) in val_masks.iter().enumerate() {
             let x = val_feats.f_narrow(0, i as i64, 1)?;
@@ -246,6 +254,9 @@ pub fn run_probe_on(
             let pred = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
             let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
             accumulate_confusion(&mut confusion, mask, &pred);
+            if i < EXAMPLES {
+                examples.push((val.ids()[i].clone(), pred));
+            }
         }
         Ok(())
     })?;
@@ -268,6 +279,7 @@ pub fn run_probe_on(
         val_images: val.len(),
         feature_shape: [c, h, w],
         seconds: start.elapsed().as_secs_f64(),
+        examples,
     })
 }
 

@@ -167,6 +167,7 @@ fn probe_scores_pretrained_and_random_backbones() {
     assert_eq!(json["backbone"]["arch"], "resnet18");
     assert!(json["per_class_iou"].get("blue").is_some());
     assert!(out.join("confusion.png").exists());
+    assert!(out.join("prediction-s6.png").exists() && out.join("prediction-s7.png").exists());
 
     let out_r = tmp.path().join("probe-random");
     let (ok, _, err) = pixpro(
