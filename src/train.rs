@@ -429,7 +429,7 @@ pub fn pretrain_with_nan_batches(
         if let Err(e) = crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
             tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
         }
-        if step % cfg.train.checkpoint_every == 0 || step == total {
+        if step.is_multiple_of(cfg.train.checkpoint_every) || step == total {
             let numbered = run.numbered_checkpoint(step);
             let _ = fs::remove_file(&numbered);
             fs::hard_link(&last, &numbered)

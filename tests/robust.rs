@@ -7,77 +7,17 @@ use std::time::{Duration, Instant};
 use pixpro::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
 use pixpro::config::Config;
 use pixpro::train::{
-    open_loader, pretrain, pretrain_with_nan_batches, saved_config, RunDir, RunOptions, Trainer,
+    open_loader, pretrain, pretrain_with_nan_batches, saved_config, RunDir, Trainer,
 };
 use pixpro::Error;
 
-/// The network and data of tests/pretrain.rs: a step takes well under a
-/// second on a shared CPU.
-const TINY: &str = r#"
-[model]
-arch = "resnet18"
-output_stride = 8
-proj_hidden = 32
-proj_dim = 16
-[augment]
-image_size = 32
-[optim]
-warmup_epochs = 0.5
-[train]
-batch_size = 4
-steps = 6
-workers = 2
-log_every = 1
-checkpoint_every = 3
-device = "cpu"
-"#;
+mod common;
+use common::{assert_same_tensors, make_images, options, TINY};
 
+/// The tiny recipe with extra `[train]` keys.
 fn config(extra_train: &str) -> Config {
     let text = TINY.replace("device = \"cpu\"", &format!("device = \"cpu\"\n{extra_train}"));
     Config::from_toml_str(&text, &Config::default()).unwrap()
-}
-
-fn make_images(dir: &Path, n: u32) {
-    for i in 0..n {
-        let sub = dir.join(format!("group{}", i % 3));
-        std::fs::create_dir_all(&sub).unwrap();
-        let img = image::RgbImage::from_fn(64 + 8 * (i % 4), 48 + 4 * (i % 5), |x, y| {
-            let block = ((x / 12 + y / 12 + i) % 3) as u8;
-            image::Rgb([
-                (x * 4 + i * 20) as u8,
-                (y * 5 + block as u32 * 60) as u8,
-                ((x + y) * 2 + i * 7) as u8,
-            ])
-        });
-        let ext = if i % 2 == 0 { "png" } else { "jpg" };
-        img.save(sub.join(format!("img{i}.{ext}"))).unwrap();
-    }
-}
-
-fn options(data: &Path, run: &Path, stop_at: Option<u64>) -> RunOptions {
-    RunOptions { data: data.to_path_buf(), run: RunDir::new(run), stop_at, quiet: true }
-}
-
-/// Every tensor of a checkpoint (online, target, optim), by full name.
-fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
-    let ck = Checkpoint::load(path).unwrap();
-    let mut out = Vec::new();
-    for group in ["online", "target", "optim"] {
-        for (name, t) in ck.group(group) {
-            out.push((format!("{group}/{name}"), t.shallow_clone()));
-        }
-    }
-    assert!(!out.is_empty());
-    out
-}
-
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (a, b) = (tensors(a), tensors(b));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs");
-    }
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {

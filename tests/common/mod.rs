@@ -1,0 +1,74 @@
+//! Helpers shared by the end-to-end tests: a tiny recipe, generated images
+//! and checkpoint comparison.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::Path;
+
+use pixpro::checkpoint::Checkpoint;
+use pixpro::train::{RunDir, RunOptions};
+
+/// A tiny network and data set so that a step takes milliseconds.
+pub const TINY: &str = r#"
+[model]
+arch = "resnet18"
+output_stride = 8
+proj_hidden = 32
+proj_dim = 16
+[augment]
+image_size = 32
+[optim]
+warmup_epochs = 0.5
+[train]
+batch_size = 4
+steps = 6
+workers = 2
+log_every = 1
+checkpoint_every = 3
+device = "cpu"
+"#;
+
+/// Writes `n` small photos-like images: smooth gradients with a few blocks,
+/// different per image, some PNG and some JPEG in nested folders.
+pub fn make_images(dir: &Path, n: u32) {
+    for i in 0..n {
+        let sub = dir.join(format!("group{}", i % 3));
+        std::fs::create_dir_all(&sub).unwrap();
+        let img = image::RgbImage::from_fn(64 + 8 * (i % 4), 48 + 4 * (i % 5), |x, y| {
+            let block = ((x / 12 + y / 12 + i) % 3) as u8;
+            image::Rgb([
+                (x * 4 + i * 20) as u8,
+                (y * 5 + block as u32 * 60) as u8,
+                ((x + y) * 2 + i * 7) as u8,
+            ])
+        });
+        let ext = if i % 2 == 0 { "png" } else { "jpg" };
+        img.save(sub.join(format!("img{i}.{ext}"))).unwrap();
+    }
+}
+
+pub fn options(data: &Path, run: &Path, stop_at: Option<u64>) -> RunOptions {
+    RunOptions { data: data.to_path_buf(), run: RunDir::new(run), stop_at, quiet: true }
+}
+
+/// Every tensor of a checkpoint (online, target, optim), by full name.
+pub fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let ck = Checkpoint::load(path).unwrap();
+    let mut out = Vec::new();
+    for group in ["online", "target", "optim"] {
+        for (name, t) in ck.group(group) {
+            out.push((format!("{group}/{name}"), t.shallow_clone()));
+        }
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+/// Every tensor of two checkpoints equal, bit for bit.
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+}
