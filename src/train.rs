@@ -47,8 +47,11 @@ impl RunDir {
     pub fn last_checkpoint(&self) -> PathBuf {
         self.checkpoints().join("last.safetensors")
     }
+    pub fn plots(&self) -> PathBuf {
+        self.root.join("plots")
+    }
     pub fn loss_plot(&self) -> PathBuf {
-        self.root.join("plots").join("loss.png")
+        self.plots().join("loss.png")
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
@@ -384,7 +387,9 @@ pub fn pretrain_with_nan_batches(
     let mut trainer = Trainer::new(cfg, per_epoch as usize, device)?;
     let total = trainer.total_steps;
 
-    fs::create_dir_all(run.checkpoints()).map_err(|e| Error::io(run.checkpoints(), e))?;
+    for dir in [run.checkpoints(), run.plots()] {
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
     let mut skipped = 0u64;
     if run.can_resume() {
         let meta = restore_newest(&mut trainer, run)?;
@@ -425,10 +430,7 @@ pub fn pretrain_with_nan_batches(
         };
         let last = run.last_checkpoint();
         trainer.save(&last, meta)?;
-        // A picture is a convenience: failing to draw it must not stop training.
-        if let Err(e) = crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
-            tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
-        }
+        draw_loss_plot(run);
         if step.is_multiple_of(cfg.train.checkpoint_every) || step == total {
             let numbered = run.numbered_checkpoint(step);
             let _ = fs::remove_file(&numbered);
@@ -541,6 +543,7 @@ pub fn pretrain_with_nan_batches(
     if !diverged && saved_step != trainer.step {
         save(&trainer, skipped)?;
     }
+    draw_loss_plot(run);
     bar.finish_and_clear();
     if diverged {
         stopped_by = Some(format!(
@@ -732,6 +735,14 @@ pub fn load_pixpro(path: &std::path::Path, device: Device) -> Result<(Config, Pi
     ck.restore("online", &mut model.online)?;
     ck.restore("target", &mut model.target)?;
     Ok((cfg, model))
+}
+
+/// Redraws `plots/loss.png` from `metrics.jsonl`. A picture is a
+/// convenience: failing to draw it only warns.
+fn draw_loss_plot(run: &RunDir) {
+    if let Err(e) = crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
+        tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
+    }
 }
 
 /// Reads a run's resolved config, for resuming.

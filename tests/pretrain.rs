@@ -79,6 +79,8 @@ fn run_directory_has_config_metrics_and_checkpoints() {
         assert!((-4.0..=4.0).contains(&loss), "loss {loss} outside [-4, 4]");
     }
     assert!(lines[0]["momentum"].as_f64().unwrap() - 0.99 < 1e-12);
+    let plot = image::open(run.join("plots/loss.png")).expect("plots/loss.png is drawn");
+    assert!(plot.width() > 100 && plot.height() > 100);
     for f in ["last.safetensors", "step-0000003.safetensors", "step-0000006.safetensors"] {
         assert!(run.join("checkpoints").join(f).exists(), "missing checkpoints/{f}");
     }
