@@ -124,70 +124,43 @@ fn cli_trains_then_continues_the_same_run() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
     let cfg = write_config(tmp.path(), "");
     let run = tmp.path().join("run");
-    let (c, r) = (cfg.to_str().unwrap(), run.to_str().unwrap());
+    let train = |data: &Path, config: &Path, extra: &[&str]| {
+        let args = ["pretrain", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()];
+        pixpro(&[&args[..], &["--config", config.to_str().unwrap()], extra].concat())
+    };
 
-    let (ok, err) =
-        pixpro(&["pretrain", "--data", empty.to_str().unwrap(), "--out", r, "--config", c]);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (ok, err) = train(&empty, &cfg, &[]);
     assert!(!ok && err.contains("empty"), "{err}");
 
-    let missing = tmp.path().join("nowhere");
-    let (ok, err) =
-        pixpro(&["pretrain", "--data", missing.to_str().unwrap(), "--out", r, "--config", c]);
+    let (ok, err) = train(&tmp.path().join("nowhere"), &cfg, &[]);
     assert!(!ok && err.contains("nowhere"), "{err}");
 
     let junk = tmp.path().join("junk");
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("a.jpg"), b"not a jpeg at all").unwrap();
     std::fs::write(junk.join("notes.txt"), b"hello").unwrap();
-    let (ok, err) =
-        pixpro(&["pretrain", "--data", junk.to_str().unwrap(), "--out", r, "--config", c]);
+    let (ok, err) = train(&junk, &cfg, &[]);
     assert!(!ok && err.contains("a.jpg"), "{err}");
 
     let few = tmp.path().join("few");
     make_images(&few, 2);
-    let (ok, err) =
-        pixpro(&["pretrain", "--data", few.to_str().unwrap(), "--out", r, "--config", c]);
+    let (ok, err) = train(&few, &cfg, &[]);
     assert!(!ok && err.contains("batch"), "{err}");
 
     let typo = tmp.path().join("typo.toml");
     std::fs::write(&typo, "[train]\nbatch_sise = 4\n").unwrap();
-    let (ok, err) = pixpro(&[
-        "pretrain",
-        "--data",
-        few.to_str().unwrap(),
-        "--out",
-        r,
-        "--config",
-        typo.to_str().unwrap(),
-    ]);
+    let (ok, err) = train(&few, &typo, &[]);
     assert!(!ok && err.contains("batch_sise") && err.contains("typo.toml"), "{err}");
 
-    let range = write_config(tmp.path(), "");
+    let range = tmp.path().join("range.toml");
     std::fs::write(&range, TINY.replace("output_stride = 8", "output_stride = 12")).unwrap();
-    let (ok, err) = pixpro(&[
-        "pretrain",
-        "--data",
-        few.to_str().unwrap(),
-        "--out",
-        r,
-        "--config",
-        range.to_str().unwrap(),
-    ]);
+    let (ok, err) = train(&few, &range, &[]);
     assert!(!ok && err.contains("model.output_stride"), "{err}");
 
-    let (ok, err) = pixpro(&[
-        "pretrain",
-        "--data",
-        few.to_str().unwrap(),
-        "--out",
-        r,
-        "--resume",
-        "--config",
-        c,
-    ]);
+    let (ok, err) = train(&few, &cfg, &["--resume"]);
     assert!(!ok && err.contains("--resume"), "{err}");
 }
