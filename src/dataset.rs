@@ -313,6 +313,47 @@ mod tests {
         assert_eq!(load_rgb(&deep).unwrap().get_pixel(1, 1), &Rgb([255, 255, 255]));
     }
 
+    /// A JPEG whose EXIF says "rotate 90 degrees clockwise to display"
+    /// (orientation 6), as phones write portrait photos.
+    #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portrait.jpg");
+        // Stored landscape 32 x 16: left half red, right half blue.
+        let stored =
+            RgbImage::from_fn(
+                32,
+                16,
+                |x, _| {
+                    if x < 16 {
+                        Rgb([255, 0, 0])
+                    } else {
+                        Rgb([0, 0, 255])
+                    }
+                },
+            );
+        // Little-endian TIFF header, one IFD entry: tag 0x0112 (Orientation),
+        // type SHORT, count 1, value 6; no next IFD.
+        let exif = vec![
+            0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x12, 0x01, 0x03, 0x00,
+            0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let mut bytes = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(stored.as_raw(), 32, 16, image::ExtendedColorType::Rgb8).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+
+        let upright = load_rgb(&path).unwrap();
+        assert_eq!(upright.dimensions(), (16, 32), "rotated to portrait");
+        // Turning clockwise puts the stored left (red) half on top.
+        let top = upright.get_pixel(8, 4);
+        let bottom = upright.get_pixel(8, 28);
+        assert!(top[0] > 200 && top[2] < 60, "top should be red, got {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
+    }
+
     #[test]
     fn load_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
