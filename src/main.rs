@@ -65,6 +65,7 @@ enum Command {
     #[command(subcommand)]
     Inspect(InspectCommand),
     /// Print libtorch, CUDA and thread facts for this machine.
+    #[command(after_help = "Example:\n  pixpro doctor    # is CUDA visible to this binary?")]
     Doctor,
 }
 
@@ -218,6 +219,9 @@ struct ProbeArgs {
     seed: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Print probe.json to stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -386,6 +390,10 @@ fn probe(args: &ProbeArgs) -> Result<()> {
         }
     };
     let r = run_probe(&backbone, &args.voc, &args.out, &cfg)?;
+    if args.json {
+        print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);
+        return Ok(());
+    }
     print_probe(&backbone.source, &r);
     eprintln!("wrote probe.json, confusion.png and prediction pictures in {}", args.out.display());
     Ok(())

@@ -169,6 +169,13 @@ fn probe_scores_pretrained_and_random_backbones() {
     assert!(out.join("confusion.png").exists());
     assert!(out.join("prediction-s6.png").exists() && out.join("prediction-s7.png").exists());
 
+    let (ok, stdout, err) = pixpro(
+        &[&["probe", "--checkpoint", s(&ckpt), "--out", s(&out), "--json"], &common[..]].concat(),
+    );
+    assert!(ok, "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(printed["miou"].as_f64(), Some(miou), "same recipe, same seed, same mIoU");
+
     let out_r = tmp.path().join("probe-random");
     let (ok, _, err) = pixpro(
         &[&["probe", "--random-init", "--output-stride", "32", "--out", s(&out_r)], &common[..]]
