@@ -6,7 +6,6 @@ use std::path::Path;
 use tch::{nn, nn::ModuleT, Device, Tensor};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Config;
 use crate::resnet::{resnet, Arch, ResNet};
 use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::{Error, Result};
@@ -25,9 +24,7 @@ impl Backbone {
     /// output stride come from the config saved inside it.
     pub fn from_checkpoint(path: &Path, device: Device) -> Result<Backbone> {
         let ck = Checkpoint::load(path)?;
-        let cfg = Config::from_toml_str(&ck.meta.config, &Config::default()).map_err(|e| {
-            Error::Checkpoint { path: path.to_path_buf(), reason: format!("its saved config: {e}") }
-        })?;
+        let cfg = ck.config()?;
         let (arch, os) = (cfg.model.arch, cfg.model.output_stride);
         let mut vs = nn::VarStore::new(device);
         let net = resnet(&vs.root(), arch, os)?;

@@ -14,6 +14,7 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::config::Config;
 use crate::{Error, Result};
 
 /// Written in every checkpoint's header; bumped when the layout changes.
@@ -168,6 +169,13 @@ impl Checkpoint {
             tensors.insert(name, t);
         }
         Ok(Checkpoint { path: path.to_path_buf(), meta, tensors })
+    }
+
+    /// The run's configuration saved with the tensors.
+    pub fn config(&self) -> Result<Config> {
+        Config::from_toml_str(&self.meta.config, &Config::default()).map_err(|e| {
+            Error::Checkpoint { path: self.path.clone(), reason: format!("its saved config: {e}") }
+        })
     }
 
     /// The tensors of one group, by name within the group.

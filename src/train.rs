@@ -728,9 +728,7 @@ impl Window {
 /// it: for looking at what a run learned.
 pub fn load_pixpro(path: &std::path::Path, device: Device) -> Result<(Config, PixPro)> {
     let ck = Checkpoint::load(path)?;
-    let cfg = Config::from_toml_str(&ck.meta.config, &Config::default()).map_err(|e| {
-        Error::Checkpoint { path: path.to_path_buf(), reason: format!("its saved config: {e}") }
-    })?;
+    let cfg = ck.config()?;
     let mut model = PixPro::new(cfg.model.clone(), device)?;
     ck.restore("online", &mut model.online)?;
     ck.restore("target", &mut model.target)?;
