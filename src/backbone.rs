@@ -8,7 +8,7 @@ use tch::{nn, nn::ModuleT, Device, Tensor};
 use crate::checkpoint::Checkpoint;
 use crate::resnet::{resnet, Arch, ResNet};
 use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::{Error, Result};
+use crate::Result;
 
 pub struct Backbone {
     vs: nn::VarStore,
@@ -28,36 +28,7 @@ impl Backbone {
         let (arch, os) = (cfg.model.arch, cfg.model.output_stride);
         let mut vs = nn::VarStore::new(device);
         let net = resnet(&vs.root(), arch, os)?;
-        let prefix = "encoder.";
-        let online = ck.group("online");
-        let encoder: Vec<(&str, &Tensor)> =
-            online.iter().filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s, *t))).collect();
-        if encoder.is_empty() {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: "holds no online encoder (`online/encoder.*`)".into(),
-            });
-        }
-        let mut vars = vs.variables();
-        if let Some((name, _)) = encoder.iter().find(|(n, _)| !vars.contains_key(*n)) {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: format!("`online/encoder.{name}` is not part of a {arch}"),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in vars.iter_mut() {
-                let src =
-                    encoder.iter().find(|(n, _)| n == name).map(|(_, t)| *t).ok_or_else(|| {
-                        Error::Checkpoint {
-                            path: path.to_path_buf(),
-                            reason: format!("missing `online/encoder.{name}`"),
-                        }
-                    })?;
-                var.f_copy_(src)?;
-            }
-            Ok(())
-        })?;
+        ck.restore_part("online", "encoder.", &mut vs)?;
         vs.freeze();
         Ok(Backbone { vs, net, arch, output_stride: os, source: path.display().to_string() })
     }

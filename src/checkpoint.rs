@@ -187,8 +187,19 @@ impl Checkpoint {
     /// Copies group `group` into every variable of `vs`: names and shapes must
     /// match exactly, so a checkpoint of another architecture is refused.
     pub fn restore(&self, group: &str, vs: &mut VarStore) -> Result<()> {
+        self.restore_part(group, "", vs)
+    }
+
+    /// Like [`Checkpoint::restore`] for the tensors of `group` whose names
+    /// start with `prefix` (e.g. `encoder.`), the prefix stripped.
+    pub fn restore_part(&self, group: &str, prefix: &str, vs: &mut VarStore) -> Result<()> {
         let ckpt_err = |reason: String| Error::Checkpoint { path: self.path.clone(), reason };
-        let saved = self.group(group);
+        let scope = format!("{group}/{prefix}");
+        let saved: BTreeMap<&str, &Tensor> = self
+            .group(group)
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s, t)))
+            .collect();
         let vars = vs.variables();
         let missing: Vec<&String> =
             vars.keys().filter(|n| !saved.contains_key(n.as_str())).collect();
@@ -196,7 +207,7 @@ impl Checkpoint {
             let mut missing: Vec<_> = missing.into_iter().cloned().collect();
             missing.sort();
             return Err(ckpt_err(format!(
-                "{} tensors of the model are missing from `{group}` (first: {}); \
+                "{} tensors of the model are missing from `{scope}` (first: {}); \
                  was it written for another architecture or configuration?",
                 missing.len(),
                 missing[0]
@@ -204,7 +215,7 @@ impl Checkpoint {
         }
         if let Some(extra) = saved.keys().find(|n| !vars.contains_key(**n)) {
             return Err(ckpt_err(format!(
-                "`{group}/{extra}` is not part of this model; was it written for another architecture?"
+                "`{scope}{extra}` is not part of this model; was it written for another architecture?"
             )));
         }
         tch::no_grad(|| -> Result<()> {
@@ -212,7 +223,7 @@ impl Checkpoint {
                 let src = saved[name.as_str()];
                 if src.size() != var.size() {
                     return Err(ckpt_err(format!(
-                        "`{group}/{name}` has shape {:?}, the model needs {:?}",
+                        "`{scope}{name}` has shape {:?}, the model needs {:?}",
                         src.size(),
                         var.size()
                     )));
@@ -300,6 +311,27 @@ mod tests {
         let err =
             Checkpoint::load(&path).unwrap().restore("online", &mut fewer).unwrap_err().to_string();
         assert!(err.contains("bn."), "{err}");
+    }
+
+    #[test]
+    fn a_part_restores_under_its_prefix_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let whole = VarStore::new(Device::Cpu);
+        let _ = nn::linear(whole.root() / "enc" / "fc", 3, 2, Default::default());
+        let _ = nn::linear(whole.root() / "head", 2, 2, Default::default());
+        Checkpoint::save(&path, &meta(), &[("online", named(&whole))]).unwrap();
+        let ck = Checkpoint::load(&path).unwrap();
+
+        let mut part = VarStore::new(Device::Cpu);
+        let _ = nn::linear(part.root() / "fc", 3, 2, Default::default());
+        ck.restore_part("online", "enc.", &mut part).unwrap();
+        assert!(part.variables()["fc.weight"].equal(&whole.variables()["enc.fc.weight"]));
+
+        let mut wider = VarStore::new(Device::Cpu);
+        let _ = nn::linear(wider.root() / "fc", 4, 2, Default::default());
+        let err = ck.restore_part("online", "enc.", &mut wider).unwrap_err().to_string();
+        assert!(err.contains("online/enc.fc.weight") && err.contains("[2, 4]"), "{err}");
     }
 
     #[test]
