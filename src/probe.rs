@@ -25,11 +25,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
+use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::voc::{class_names, VocSample, VocSplit, IGNORE};
 use crate::{Error, Result};
-
-const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 /// The few knobs of the probe; everything else is the fixed recipe above.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,12 +307,8 @@ fn extract(
     resize_masks: bool,
 ) -> Result<(Tensor, Vec<Mask>)> {
     let s = config.image_size;
-    let mean = Tensor::from_slice(&IMAGENET_MEAN)
-        .to_kind(Kind::Float)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    let std =
-        Tensor::from_slice(&IMAGENET_STD).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+    let mean = Tensor::from_slice(&IMAGENET_MEAN).view([1, 3, 1, 1]).to_device(device);
+    let std = Tensor::from_slice(&IMAGENET_STD).view([1, 3, 1, 1]).to_device(device);
     let mut feats = Vec::new();
     let mut masks = Vec::with_capacity(split.len());
     let indices: Vec<usize> = (0..split.len()).collect();
