@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use image::{imageops, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::dataset::{load_rgb, Dataset};
-use crate::heads::{projector, ConvMlp};
+use crate::heads::ConvMlp;
 use crate::loss::normalize_cells;
 use crate::matching::positive_mask;
 use crate::model::PixPro;
@@ -335,9 +334,7 @@ pub fn inspect_views(
 /// The online encoder and projector of a model, in eval mode.
 struct Probe<'a> {
     model: &'a PixPro,
-    projector: ConvMlp,
-    /// Holds the projector's copied weights.
-    _store: nn::VarStore,
+    projector: &'a ConvMlp,
 }
 
 /// Dense features of one view, on the CPU as float32.
@@ -350,16 +347,19 @@ struct Dense {
 }
 
 impl<'a> Probe<'a> {
-    /// [`PixPro`] keeps its projector private; a copy built by name from the
-    /// online store (`projector.*`, buffers included) gives the same
-    /// function.
+    /// Pictures of the pixel projector's features need a method that has
+    /// one: every method but byol.
     fn new(model: &'a PixPro) -> Result<Self> {
-        let mut store = nn::VarStore::new(model.online.device());
-        let c5 = model.encoder().arch().out_channels();
-        let cfg = &model.cfg;
-        let projector = projector(&(store.root() / "projector"), c5, cfg.proj_hidden, cfg.proj_dim);
-        store.copy(&model.online)?;
-        Ok(Probe { model, projector, _store: store })
+        let projector = model.projector().ok_or_else(|| {
+            Error::config(
+                "model.method",
+                format!(
+                    "{} has no pixel projector to show; inspect features needs a pixel-level method",
+                    model.cfg.method
+                ),
+            )
+        })?;
+        Ok(Probe { model, projector })
     }
 
     fn dense(&self, v: &View, size: u32) -> Result<Dense> {
@@ -368,7 +368,7 @@ impl<'a> Probe<'a> {
         tch::no_grad(|| {
             let x = Tensor::from_slice(&v.pixels).view([1, 3, s, s]).to_device(device);
             let enc = x.apply_t(self.model.encoder(), false); // [1, C, h, w]
-            let z = normalize_cells(&enc.apply_t(&self.projector, false)); // [1, D, h, w]
+            let z = normalize_cells(&enc.apply_t(self.projector, false)); // [1, D, h, w]
             let (_, c, h, w) = enc.size4()?;
             let d = z.size()[1];
             let cpu = |t: Tensor, ch: i64| {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pixpro::config::{Config, DeviceChoice, Preset};
+use pixpro::model::Method;
 use pixpro::train::{self, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -628,6 +629,10 @@ struct PretrainArgs {
     /// TOML file whose keys override the preset ([model], [augment], [optim], [train]).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// What to learn: pixpro, pixpro+instance (adds the BYOL-style instance
+    /// branch), or the baselines byol and pixcontrast [default: pixpro].
+    #[arg(long, value_enum)]
+    method: Option<Method>,
     /// Total optimiser steps (overrides --epochs).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<u64>,
@@ -678,6 +683,9 @@ impl From<DeviceArg> for DeviceChoice {
 impl PretrainArgs {
     /// Applies the flags that change what is trained.
     fn apply_recipe_flags(&self, cfg: &mut Config) {
+        if let Some(m) = self.method {
+            cfg.model.method = m;
+        }
         if let Some(s) = self.steps {
             cfg.train.steps = s;
         }

@@ -1,28 +1,81 @@
-//! The PixPro network pair: online encoder, projector and PPM, and the
-//! momentum target encoder and projector, with the step's loss (spec
-//! sections 3-5).
+//! The network pair of every method: online encoder and heads, and the
+//! momentum target encoder and heads, with the step's loss (spec sections
+//! 3-5). PixPro is the default; the paper's baselines share everything but
+//! the heads and the loss.
 use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::heads::{projector, ConvMlp};
+use crate::instance::{instance_loss, InstanceHeads};
 use crate::loss::{f_consistency_loss, normalize_cells};
 use crate::matching::positive_mask;
 use crate::momentum::ema_update;
+use crate::pixcontrast::{pixcontrast_loss, TEMPERATURE};
 use crate::ppm::{ppm, Ppm};
 use crate::resnet::{resnet, Arch, ResNet};
 use crate::{Error, Result};
+
+/// What is learned: the pixel-level method of the paper, its instance-level
+/// and contrastive baselines, or both levels together.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// Pixel propagation to the momentum target's pixels (the paper's method).
+    #[serde(rename = "pixpro")]
+    #[value(name = "pixpro")]
+    PixPro,
+    /// PixPro plus the BYOL-style instance branch, weighted by
+    /// `instance_weight` (the paper's best detection recipe).
+    #[serde(rename = "pixpro+instance")]
+    #[value(name = "pixpro+instance")]
+    PixProInstance,
+    /// The instance branch alone: the instance-level baseline.
+    #[serde(rename = "byol")]
+    #[value(name = "byol")]
+    Byol,
+    /// InfoNCE over pixels (the paper's contrastive baseline).
+    #[serde(rename = "pixcontrast")]
+    #[value(name = "pixcontrast")]
+    PixContrast,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::PixPro => "pixpro",
+            Method::PixProInstance => "pixpro+instance",
+            Method::Byol => "byol",
+            Method::PixContrast => "pixcontrast",
+        }
+    }
+
+    fn pixel_level(self) -> bool {
+        self != Method::Byol
+    }
+
+    fn instance_level(self) -> bool {
+        matches!(self, Method::Byol | Method::PixProInstance)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The `[model]` section of the configuration; every default is the spec's
 /// value.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// `"pixpro"`, `"pixpro+instance"`, `"byol"` or `"pixcontrast"` (pixpro).
+    pub method: Method,
     /// Encoder architecture (`"resnet50"`).
     pub arch: Arch,
     /// C5 stride: 32, 16 or 8 (32).
     pub output_stride: u32,
-    /// Projector hidden width (4096).
+    /// Projector hidden width (4096); also the instance heads'.
     pub proj_hidden: i64,
     /// Projector output width, the feature dimension of the loss (256).
     pub proj_dim: i64,
@@ -34,11 +87,16 @@ pub struct ModelConfig {
     pub threshold: f64,
     /// Momentum tau at step 0 (0.99).
     pub momentum_base: f64,
+    /// Weight alpha of the instance loss in `pixpro+instance` (1).
+    pub instance_weight: f64,
+    /// PixContrast's InfoNCE temperature (0.3).
+    pub temperature: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            method: Method::PixPro,
             arch: Arch::ResNet50,
             output_stride: 32,
             proj_hidden: 4096,
@@ -47,10 +105,11 @@ impl Default for ModelConfig {
             ppm_layers: 1,
             threshold: 0.7,
             momentum_base: 0.99,
+            instance_weight: 1.0,
+            temperature: TEMPERATURE,
         }
     }
 }
-
 impl ModelConfig {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<()> {
@@ -76,6 +135,15 @@ impl ModelConfig {
         if !(0.0..=1.0).contains(&self.momentum_base) {
             return bad("momentum_base", format!("{} must be in [0, 1]", self.momentum_base));
         }
+        if !(self.instance_weight.is_finite() && self.instance_weight >= 0.0) {
+            return bad(
+                "instance_weight",
+                format!("{} must be finite and >= 0", self.instance_weight),
+            );
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", format!("{} must be finite and > 0", self.temperature));
+        }
         Ok(())
     }
 }
@@ -83,23 +151,36 @@ impl ModelConfig {
 /// What one training step computes.
 #[derive(Debug)]
 pub struct StepOutput {
-    /// `L(1->2) + L(2->1)`, a scalar with its graph; in [-4, 4], -4 best.
+    /// The method's loss, a scalar with its graph. PixPro: `L(1->2) +
+    /// L(2->1)` in [-4, 4], -4 best; byol: the instance loss, also in
+    /// [-4, 4]; pixpro+instance: the sum with the instance loss weighted;
+    /// pixcontrast: InfoNCE, >= 0.
     pub loss: Tensor,
-    /// Collapse monitor: the unit-normalised target features of both views,
-    /// `z` `[2B, D, H, W]`; for each channel d the standard deviation
-    /// (unbiased) of `z[:, d]` over all `2B*H*W` cells; then the mean over
-    /// the D channels. About `1/sqrt(D)` (0.0625 for D = 256) when the
-    /// features spread over the sphere, 0 when every cell maps to the same
-    /// vector.
+    /// Collapse monitor: the unit-normalised target features of both views
+    /// (the pixel targets `[2B, D, H, W]`, or for byol the instance targets
+    /// `[2B, D]`); for each channel d the standard deviation (unbiased) of
+    /// `z[:, d]` over all cells (or images); then the mean over the D
+    /// channels. About `1/sqrt(D)` (0.0625 for D = 256) when the features
+    /// spread over the sphere, 0 when every cell maps to the same vector.
     pub target_std: f64,
     /// Mean over images of the fraction of view-1 cells with at least one
     /// positive in view 2.
     pub positive_fraction: f64,
 }
 
+/// The pixel-level heads: projector on both sides and, for PixPro, the PPM
+/// on the online side.
+#[derive(Debug)]
+struct PixelHeads {
+    projector: ConvMlp,
+    ppm: Option<Ppm>,
+    target_projector: ConvMlp,
+}
+
 /// The online and target networks. Variable names: online `encoder.*`
-/// (torchvision ResNet names), `projector.*`, `ppm.*`; target `encoder.*`,
-/// `projector.*`.
+/// (torchvision ResNet names), `projector.*`, `ppm.*`, `projector_instance.*`,
+/// `predictor.*`; target `encoder.*`, `projector.*`, `projector_instance.*`
+/// (each head only where the method has it).
 #[derive(Debug)]
 pub struct PixPro {
     pub cfg: ModelConfig,
@@ -109,10 +190,9 @@ pub struct PixPro {
     /// [`PixPro::momentum_update`].
     pub target: nn::VarStore,
     encoder: ResNet,
-    projector: ConvMlp,
-    ppm: Ppm,
     target_encoder: ResNet,
-    target_projector: ConvMlp,
+    pixel: Option<PixelHeads>,
+    instance: Option<(InstanceHeads, InstanceHeads)>,
 }
 
 fn check_views(view1: &Tensor, view2: &Tensor, coords1: &Tensor, coords2: &Tensor) -> Result<()> {
@@ -134,36 +214,46 @@ fn check_views(view1: &Tensor, view2: &Tensor, coords1: &Tensor, coords2: &Tenso
     Ok(())
 }
 
-/// The networks the online and target branches share in shape.
-fn encoder_and_projector(root: &nn::Path, cfg: &ModelConfig) -> Result<(ResNet, ConvMlp)> {
-    let encoder = resnet(&(root / "encoder"), cfg.arch, cfg.output_stride)?;
-    let c5 = cfg.arch.out_channels();
-    let projector = projector(&(root / "projector"), c5, cfg.proj_hidden, cfg.proj_dim);
-    Ok((encoder, projector))
+/// Mean over channels of each channel's standard deviation over the other
+/// axes of a `[N, D, ...]` tensor (the collapse monitor of [`StepOutput`]).
+fn channel_std(z: &Tensor) -> f64 {
+    let d = z.size()[1];
+    let cells = z.transpose(0, 1).reshape([d, -1]); // [D, N*...]
+    cells.std_dim(1, true, false).mean(Kind::Double).double_value(&[])
 }
 
 impl PixPro {
-    /// Builds both networks on `device`; the target starts as an exact copy
-    /// of the online encoder and projector (buffers included) and is frozen.
+    /// Builds both networks for `cfg.method` on `device`; the target starts
+    /// as an exact copy of the online encoder and heads (buffers included)
+    /// and is frozen.
     pub fn new(cfg: ModelConfig, device: Device) -> Result<PixPro> {
         cfg.validate()?;
         let online = nn::VarStore::new(device);
-        let (encoder, projector) = encoder_and_projector(&online.root(), &cfg)?;
-        let ppm = ppm(&(online.root() / "ppm"), cfg.proj_dim, cfg.ppm_gamma, cfg.ppm_layers)?;
         let mut target = nn::VarStore::new(device);
-        let (target_encoder, target_projector) = encoder_and_projector(&target.root(), &cfg)?;
+        let (o, t) = (online.root(), target.root());
+        let encoder = resnet(&(&o / "encoder"), cfg.arch, cfg.output_stride)?;
+        let target_encoder = resnet(&(&t / "encoder"), cfg.arch, cfg.output_stride)?;
+        let c5 = cfg.arch.out_channels();
+        let (hidden, dim) = (cfg.proj_hidden, cfg.proj_dim);
+        let pixel = if cfg.method.pixel_level() {
+            let ppm = match cfg.method {
+                Method::PixContrast => None,
+                _ => Some(ppm(&(&o / "ppm"), dim, cfg.ppm_gamma, cfg.ppm_layers)?),
+            };
+            Some(PixelHeads {
+                projector: projector(&(&o / "projector"), c5, hidden, dim),
+                ppm,
+                target_projector: projector(&(&t / "projector"), c5, hidden, dim),
+            })
+        } else {
+            None
+        };
+        let instance = cfg.method.instance_level().then(|| {
+            (InstanceHeads::online(&o, c5, hidden, dim), InstanceHeads::target(&t, c5, hidden, dim))
+        });
         target.copy(&online)?;
         target.freeze();
-        Ok(PixPro {
-            cfg,
-            online,
-            target,
-            encoder,
-            projector,
-            ppm,
-            target_encoder,
-            target_projector,
-        })
+        Ok(PixPro { cfg, online, target, encoder, target_encoder, pixel, instance })
     }
 
     /// The online encoder (what transfer keeps).
@@ -171,26 +261,16 @@ impl PixPro {
         &self.encoder
     }
 
-    /// Online prediction of one view, before normalisation:
-    /// `PPM(proj(enc(view)))`, `[B, 3, H, W]` -> `[B, D, h, w]`.
-    pub fn online_forward(&self, view: &Tensor, train: bool) -> Tensor {
-        view.apply_t(&self.encoder, train).apply_t(&self.projector, train).apply_t(&self.ppm, train)
-    }
-
-    /// Target features of one view, unit-normalised per cell, computed in
-    /// train mode (batch statistics, running averages updated) under no_grad:
-    /// `[B, 3, H, W]` -> `[B, D, h, w]`.
-    pub fn target_forward(&self, view: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let z = view.apply_t(&self.target_encoder, true).apply_t(&self.target_projector, true);
-            normalize_cells(&z)
-        })
+    /// The online pixel projector; byol has none.
+    pub fn projector(&self) -> Option<&ConvMlp> {
+        self.pixel.as_ref().map(|p| &p.projector)
     }
 
     /// One step's loss: each view goes separately through the online and
-    /// target networks (BN statistics per view), then
-    /// `L = L(1->2) + L(2->1)` with the positive mask from the coordinates.
-    /// `view1`, `view2`: `[B, 3, H, W]`; `coords1`, `coords2`: `[B, 4]`.
+    /// target networks (BN statistics per view; the target in train mode
+    /// under no_grad), then the method's loss with the positive mask from the
+    /// coordinates. `view1`, `view2`: `[B, 3, H, W]`; `coords1`, `coords2`:
+    /// `[B, 4]`.
     pub fn forward_loss(
         &self,
         view1: &Tensor,
@@ -199,12 +279,13 @@ impl PixPro {
         coords2: &Tensor,
     ) -> Result<StepOutput> {
         check_views(view1, view2, coords1, coords2)?;
-        let p1 = self.online_forward(view1, true); // [B, D, h, w]
-        let p2 = self.online_forward(view2, true); // [B, D, h, w]
-        let z1 = self.target_forward(view1); // [B, D, h, w]
-        let z2 = self.target_forward(view2); // [B, D, h, w]
-        let (_, _, h, w) = p1.size4()?;
-        let device = p1.device();
+        let f1 = view1.apply_t(&self.encoder, true); // [B, C, h, w]
+        let f2 = view2.apply_t(&self.encoder, true); // [B, C, h, w]
+        let (t1, t2) = tch::no_grad(|| {
+            (view1.apply_t(&self.target_encoder, true), view2.apply_t(&self.target_encoder, true))
+        }); // [B, C, h, w] each
+        let (_, _, h, w) = f1.size4()?;
+        let device = f1.device();
         let m12 = positive_mask(
             &coords1.to_device(device),
             &coords2.to_device(device),
@@ -215,20 +296,52 @@ impl PixPro {
            // Distances are symmetric, so the mask from view 2 to view 1 is the
            // transpose.
         let m21 = m12.transpose(1, 2); // [B, hw, hw]
-        let loss = f_consistency_loss(&p1, &z2, &m12)? + f_consistency_loss(&p2, &z1, &m21)?;
+        let positive_fraction =
+            tch::no_grad(|| m12.amax(2, false).mean(Kind::Double).double_value(&[]));
 
-        let (target_std, positive_fraction) = tch::no_grad(|| {
-            let d = z1.size()[1];
-            let cells = Tensor::cat(&[&z1, &z2], 0).transpose(0, 1).reshape([d, -1]); // [D, 2B*hw]
-            let std = cells.std_dim(1, true, false).mean(Kind::Double).double_value(&[]);
-            let frac = m12.amax(2, false).mean(Kind::Double).double_value(&[]);
-            (std, frac)
-        });
-        Ok(StepOutput { loss, target_std, positive_fraction })
+        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let mut target_std = None;
+        if let Some(px) = &self.pixel {
+            let p1 = f1.apply_t(&px.projector, true); // [B, D, h, w]
+            let p2 = f2.apply_t(&px.projector, true); // [B, D, h, w]
+            let (z1, z2) = tch::no_grad(|| {
+                let z = |t: &Tensor| normalize_cells(&t.apply_t(&px.target_projector, true));
+                (z(&t1), z(&t2))
+            }); // [B, D, h, w] each
+            loss = loss
+                + match &px.ppm {
+                    Some(ppm) => {
+                        let y1 = p1.apply_t(ppm, true); // [B, D, h, w]
+                        let y2 = p2.apply_t(ppm, true); // [B, D, h, w]
+                        f_consistency_loss(&y1, &z2, &m12)? + f_consistency_loss(&y2, &z1, &m21)?
+                    }
+                    None => {
+                        let t = self.cfg.temperature;
+                        pixcontrast_loss(&p1, &z2, &m12, t)? + pixcontrast_loss(&p2, &z1, &m21, t)?
+                    }
+                };
+            target_std = Some(tch::no_grad(|| channel_std(&Tensor::cat(&[&z1, &z2], 0))));
+        }
+        if let Some((online, target)) = &self.instance {
+            let q1 = online.forward_t(&f1, true); // [B, D]
+            let q2 = online.forward_t(&f2, true); // [B, D]
+            let (z1, z2) =
+                tch::no_grad(|| (target.forward_t(&t1, true), target.forward_t(&t2, true))); // [B, D]
+            let weight = match self.cfg.method {
+                Method::Byol => 1.0,
+                _ => self.cfg.instance_weight,
+            };
+            loss = loss + (instance_loss(&q1, &z2)? + instance_loss(&q2, &z1)?) * weight;
+            if target_std.is_none() {
+                target_std = Some(tch::no_grad(|| channel_std(&Tensor::cat(&[&z1, &z2], 0))));
+            }
+        }
+        Ok(StepOutput { loss, target_std: target_std.unwrap_or(0.0), positive_fraction })
     }
 
-    /// `theta_t = tau * theta_t + (1 - tau) * theta_online` for the encoder
-    /// and projector parameters (not the BN buffers, not the PPM).
+    /// `theta_t = tau * theta_t + (1 - tau) * theta_online` for the encoder,
+    /// projector and instance projector parameters (not the BN buffers, not
+    /// the PPM, not the predictor).
     pub fn momentum_update(&mut self, tau: f64) {
         ema_update(&self.target, &self.online, tau);
     }
@@ -239,8 +352,13 @@ mod tests {
     use super::*;
 
     fn small(ppm_layers: u8) -> PixPro {
+        small_method(Method::PixPro, ppm_layers)
+    }
+
+    fn small_method(method: Method, ppm_layers: u8) -> PixPro {
         tch::manual_seed(7);
         let cfg = ModelConfig {
+            method,
             arch: Arch::ResNet18,
             output_stride: 16,
             proj_hidden: 32,
@@ -263,9 +381,18 @@ mod tests {
         m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap().loss.double_value(&[])
     }
 
+    const METHODS: [Method; 4] =
+        [Method::PixPro, Method::PixProInstance, Method::Byol, Method::PixContrast];
+
     #[test]
     fn every_online_parameter_gets_a_gradient_and_the_target_none() {
-        let m = small(1);
+        for method in METHODS {
+            gradients_reach_every_online_parameter(method);
+        }
+    }
+
+    fn gradients_reach_every_online_parameter(method: Method) {
+        let m = small_method(method, 1);
         let b = batch();
         let out = m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap();
         out.loss.backward();
@@ -281,7 +408,7 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         missing.sort();
-        assert!(missing.is_empty(), "no finite gradient for {missing:?}");
+        assert!(missing.is_empty(), "{method}: no finite gradient for {missing:?}");
         let n_trainable = m.online.trainable_variables().len();
         assert_eq!(
             m.online.variables().values().filter(|t| t.requires_grad()).count(),
@@ -294,9 +421,64 @@ mod tests {
             .filter(|(_, t)| t.requires_grad() || t.grad().defined())
             .map(|(k, _)| k)
             .collect();
-        assert!(with_grad.is_empty(), "target tensors with grad: {with_grad:?}");
+        assert!(with_grad.is_empty(), "{method}: target tensors with grad: {with_grad:?}");
         assert!(out.positive_fraction > 0.0 && out.positive_fraction <= 1.0);
         assert!(out.target_std > 0.0 && out.target_std < 1.0, "{}", out.target_std);
+    }
+
+    #[test]
+    fn each_method_has_its_heads_and_the_target_mirrors_the_momentum_ones() {
+        let heads = |vs: &nn::VarStore| {
+            let mut h: Vec<String> = vs
+                .variables()
+                .keys()
+                .filter(|k| !k.starts_with("encoder."))
+                .filter_map(|k| k.split('.').next().map(str::to_string))
+                .collect();
+            h.sort();
+            h.dedup();
+            h
+        };
+        for (method, online, target) in [
+            (Method::PixPro, vec!["ppm", "projector"], vec!["projector"]),
+            (
+                Method::PixProInstance,
+                vec!["ppm", "predictor", "projector", "projector_instance"],
+                vec!["projector", "projector_instance"],
+            ),
+            (Method::Byol, vec!["predictor", "projector_instance"], vec!["projector_instance"]),
+            (Method::PixContrast, vec!["projector"], vec!["projector"]),
+        ] {
+            let m = small_method(method, 1);
+            assert_eq!(heads(&m.online), online, "{method}");
+            assert_eq!(heads(&m.target), target, "{method}");
+            assert_eq!(m.projector().is_some(), method != Method::Byol);
+        }
+    }
+
+    #[test]
+    fn instance_weight_scales_the_instance_loss_only() {
+        let b = batch();
+        let mut m = small_method(Method::PixProInstance, 1);
+        let mut loss_at = |alpha: f64| {
+            m.cfg.instance_weight = alpha;
+            loss_value(&m, &b)
+        };
+        // Batch statistics make each loss a function of the weights alone,
+        // so the three values differ only by alpha times the instance loss.
+        let (l0, l1, l3) = (loss_at(0.0), loss_at(1.0), loss_at(3.0));
+        let instance = l1 - l0;
+        assert!(((l3 - l0) - 3.0 * instance).abs() < 1e-4, "{l0} {l1} {l3}");
+        assert!(instance.abs() > 1e-6 && (-4.0..=4.0).contains(&instance), "{instance}");
+    }
+
+    #[test]
+    fn method_names_round_trip_through_toml() {
+        for method in METHODS {
+            let cfg: ModelConfig = toml::from_str(&format!("method = \"{method}\"")).unwrap();
+            assert_eq!(cfg.method, method);
+        }
+        assert!(toml::from_str::<ModelConfig>("method = \"simclr\"").is_err());
     }
 
     #[test]
@@ -320,7 +502,8 @@ mod tests {
         let m = small(1);
         let b = batch();
         let before = loss_value(&m, &b);
-        let z_before = m.target_forward(&b.1);
+        let target_c5 = |m: &PixPro| tch::no_grad(|| b.1.apply_t(&m.target_encoder, true));
+        let z_before = target_c5(&m);
         // Perturbing only the online encoder leaves the target features as
         // they were.
         tch::no_grad(|| {
@@ -330,7 +513,7 @@ mod tests {
             let mut g = m.online.variables()["encoder.layer4.1.bn2.weight"].shallow_clone();
             let _ = g.fill_(1.0);
         });
-        assert!(m.target_forward(&b.1).equal(&z_before), "target features moved with online");
+        assert!(target_c5(&m).equal(&z_before), "target features moved with online");
         // Perturbing only the target projector changes the loss.
         let after_online = loss_value(&m, &b);
         tch::no_grad(|| {
@@ -387,6 +570,8 @@ mod tests {
             ("threshold = 0.0", "model.threshold"),
             ("momentum_base = 1.5", "model.momentum_base"),
             ("proj_dim = 0", "model.proj_dim"),
+            ("instance_weight = -1.0", "model.instance_weight"),
+            ("temperature = 0.0", "model.temperature"),
         ] {
             let cfg: ModelConfig = toml::from_str(text).unwrap();
             match cfg.validate() {
