@@ -336,37 +336,6 @@ fn probe_config(args: &ProbeArgs) -> Result<pixpro::probe::ProbeConfig> {
     Ok(cfg)
 }
 
-fn run_probe(
-    backbone: &pixpro::backbone::Backbone,
-    voc: &std::path::Path,
-    out: &std::path::Path,
-    cfg: &pixpro::probe::ProbeConfig,
-) -> Result<pixpro::probe::ProbeResult> {
-    let result = pixpro::probe::run_probe(&|x| backbone.features(x), voc, cfg, backbone.device())?;
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let mut json = serde_json::to_value(&result)?;
-    json["backbone"] = serde_json::json!({
-        "source": backbone.source,
-        "arch": backbone.arch.to_string(),
-        "output_stride": backbone.output_stride,
-    });
-    let path = out.join("probe.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("{}", path.display()))?;
-    pixpro::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
-    let split = pixpro::voc::VocSplit::open(voc, "val", result.classes.len())?;
-    let palette = pixpro::plots::voc_palette(result.classes.len());
-    for (id, pred) in &result.examples {
-        let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
-        let sample = split.get(index)?;
-        let picture =
-            pixpro::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette)?;
-        let path = out.join(format!("prediction-{id}.png"));
-        picture.save(&path).with_context(|| format!("{}", path.display()))?;
-    }
-    Ok(result)
-}
-
 fn print_probe(label: &str, r: &pixpro::probe::ProbeResult) {
     println!(
         "{label}: mIoU {:.4}, pixel accuracy {:.4} ({} train / {} val images, {:.0} s)",
@@ -389,7 +358,7 @@ fn probe(args: &ProbeArgs) -> Result<()> {
             pixpro::backbone::Backbone::random(args.arch, args.output_stride, cfg.seed, device)?
         }
     };
-    let r = run_probe(&backbone, &args.voc, &args.out, &cfg)?;
+    let r = pixpro::probe::probe_into(&backbone, &args.voc, &args.out, &cfg)?;
     if args.json {
         print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);
         return Ok(());
@@ -509,8 +478,10 @@ fn demo(args: &DemoArgs) -> Result<()> {
         device,
     )?;
     let voc = data.join("voc");
-    let r_ours = run_probe(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
-    let r_rand = run_probe(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
+    let r_ours =
+        pixpro::probe::probe_into(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
+    let r_rand =
+        pixpro::probe::probe_into(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
     print_probe("pixpro", &r_ours);
     print_probe("random init", &r_rand);
     println!(
