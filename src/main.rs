@@ -61,12 +61,84 @@ enum Command {
         pixpro demo                               # runs/demo; run again to continue\n  \
         pixpro demo --out runs/demo-s1 --data runs/demo/tuxseg --seed 1")]
     Demo(DemoArgs),
+    /// Run a grid of pretrain + probe jobs from a plan; run again to continue it.
+    #[command(after_help = "Examples:\n  \
+        pixpro experiment --plan docs/experiments/tuxseg-cpu.toml --out runs/grid --dry-run\n  \
+        pixpro experiment --plan docs/experiments/tuxseg-cpu.toml --out runs/grid --results docs/results.json\n  \
+        pixpro experiment --plan PLAN.toml --out runs/grid --max-jobs 1   # one job, then stop")]
+    Experiment(ExperimentArgs),
     /// Pictures: the two views and their positive pairs, or what a checkpoint's features show.
     #[command(subcommand)]
     Inspect(InspectCommand),
     /// Print libtorch, CUDA and thread facts for this machine.
     #[command(after_help = "Example:\n  pixpro doctor    # is CUDA visible to this binary?")]
     Doctor,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// The grid: data, preset, steps, seeds, methods, [probe], [[ablation]], [overrides].
+    #[arg(long)]
+    plan: PathBuf,
+    /// Jobs' run folders (jobs/ID), results.md and results.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// The results list to continue and add to [default: OUT/results.json].
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Stop after running this many jobs.
+    #[arg(long)]
+    max_jobs: Option<usize>,
+    /// List the jobs and which are finished; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn experiment(args: &ExperimentArgs) -> Result<()> {
+    use pixpro::experiment as exp;
+    let plan = exp::Plan::load(&args.plan)?;
+    let results_path = args.results.clone().unwrap_or_else(|| args.out.join("results.json"));
+    if args.dry_run {
+        let results = exp::read_results(&results_path)?;
+        for (i, job) in plan.jobs.iter().enumerate() {
+            let status = match results.iter().find(|r| r.id == job.id) {
+                Some(r) => format!("done, mIoU {:.4}", r.miou),
+                None if args.out.join("jobs").join(&job.id).exists() => "started".to_string(),
+                None => "to run".to_string(),
+            };
+            println!("{:>3}  {:<32} {status}", i + 1, job.id);
+        }
+        let done = exp::finished_ids(&plan, &results).len();
+        println!("{done} of {} jobs finished (in {})", plan.jobs.len(), results_path.display());
+        return Ok(());
+    }
+    let report = exp::run(
+        &plan,
+        &exp::RunnerOptions {
+            out: args.out.clone(),
+            results: results_path.clone(),
+            max_jobs: args.max_jobs,
+            quiet: args.quiet,
+        },
+    )?;
+    if !args.quiet {
+        let how = match &report.stopped_by {
+            Some(why) => format!("stopped ({why}); run the same command to continue"),
+            None => "finished".to_string(),
+        };
+        eprintln!(
+            "{how}: ran {} jobs, {} were done before, {} left; {} and {}",
+            report.ran,
+            report.skipped,
+            report.remaining,
+            results_path.display(),
+            args.out.join("results.md").display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -827,6 +899,7 @@ fn main() -> ExitCode {
         Some(Command::Embed(a)) => embed(a),
         Some(Command::Export(a)) => export(a),
         Some(Command::Demo(a)) => demo(a),
+        Some(Command::Experiment(a)) => experiment(a),
         Some(Command::Inspect(InspectCommand::Views(a))) => inspect_views(a),
         Some(Command::Inspect(InspectCommand::Features(a))) => inspect_features(a),
         Some(Command::Doctor) => {
