@@ -575,13 +575,37 @@ pub struct RunReport {
     pub stopped_by: Option<String>,
 }
 
-/// Time left for `left` jobs at the mean time of the `ran` jobs that took
-/// `spent` seconds in this session.
-fn eta(spent: f64, ran: usize, left: usize) -> String {
-    if ran == 0 {
-        "ETA after the first job".to_string()
-    } else {
-        format!("ETA {}", minutes(spent / ran as f64 * left as f64))
+/// Seconds spent and jobs run in this session, apart for probe-only
+/// (`random`) and pretraining jobs: the first take a minute, the second
+/// many, so one mean over both would mislead the ETA.
+#[derive(Default)]
+struct Clock {
+    spent: [f64; 2],
+    ran: [usize; 2],
+}
+
+fn kind(job: &Job) -> usize {
+    usize::from(job.method != "random")
+}
+
+impl Clock {
+    fn add(&mut self, job: &Job, seconds: f64) {
+        self.spent[kind(job)] += seconds;
+        self.ran[kind(job)] += 1;
+    }
+
+    /// Time left for `left` at the mean time of the jobs of their kind.
+    fn eta(&self, left: &[&Job]) -> String {
+        let mut total = 0.0;
+        for job in left {
+            let k = kind(job);
+            if self.ran[k] == 0 {
+                let first = if k == 0 { "probe-only" } else { "pretraining" };
+                return format!("ETA after the first {first} job");
+            }
+            total += self.spent[k] / self.ran[k] as f64;
+        }
+        format!("ETA {}", minutes(total))
     }
 }
 
@@ -756,7 +780,7 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     write_report(plan, &results, &opts.out)?;
     let mut report =
         RunReport { ran: 0, skipped: done_before.len(), remaining: todo.len(), stopped_by: None };
-    let mut spent = 0.0;
+    let mut clock = Clock::default();
     for (k, job) in todo.iter().enumerate() {
         if opts.max_jobs.is_some_and(|m| report.ran >= m) {
             report.stopped_by = Some(format!("--max-jobs {}", report.ran));
@@ -767,14 +791,10 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
             break;
         }
         let position = done_before.len() + k + 1;
-        say(format!(
-            "[{position}/{total}] start {} ({})",
-            job.id,
-            eta(spent, report.ran, todo.len() - k)
-        ));
-        let clock = Instant::now();
+        say(format!("[{position}/{total}] start {} ({})", job.id, clock.eta(&todo[k..])));
+        let started = Instant::now();
         let outcome = run_job(plan, job, &opts.out, opts.quiet)?;
-        spent += clock.elapsed().as_secs_f64();
+        clock.add(job, started.elapsed().as_secs_f64());
         report.ran += 1;
         match outcome {
             Outcome::Stopped(why) => {
@@ -788,7 +808,7 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
                     r.miou,
                     minutes(r.wall_s),
                     todo.len() - k - 1,
-                    eta(spent, report.ran, todo.len() - k - 1)
+                    clock.eta(&todo[k + 1..])
                 ));
                 results.push(*r);
                 write_results(&opts.results, &results)?;
