@@ -182,11 +182,21 @@ impl Config {
     }
 
     pub fn from_toml_str(text: &str, base: &Config) -> Result<Config> {
-        let mut merged = toml::Table::try_from(base)
-            .map_err(|e| Error::config("(base)", format!("cannot serialise: {e}")))?;
         let overlay: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        base.with_overlay(overlay)
+    }
+
+    /// This config with the keys `overlay` names replaced, as a file would.
+    pub fn with_overlay(&self, overlay: toml::Table) -> Result<Config> {
+        let mut merged = self.to_table()?;
         merge(&mut merged, overlay);
         merged.try_into().map_err(toml_error)
+    }
+
+    /// The config as a TOML table, e.g. to read one key by its path.
+    pub fn to_table(&self) -> Result<toml::Table> {
+        toml::Table::try_from(self)
+            .map_err(|e| Error::config("(base)", format!("cannot serialise: {e}")))
     }
 
     pub fn to_toml(&self) -> String {
@@ -249,7 +259,7 @@ impl Config {
     }
 }
 
-fn toml_error(e: toml::de::Error) -> Error {
+pub(crate) fn toml_error(e: toml::de::Error) -> Error {
     // toml names the unknown key in its message but not always a path to it,
     // so keep its whole text: it quotes the offending line.
     let msg = e.message().trim().to_string();

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod experiment;
 pub mod export;
 pub mod heads;
 pub mod inspect;

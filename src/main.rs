@@ -62,12 +62,84 @@ enum Command {
         pixpro demo                               # runs/demo; run again to continue\n  \
         pixpro demo --out runs/demo-s1 --data runs/demo/tuxseg --seed 1")]
     Demo(DemoArgs),
+    /// Run a grid of pretrain + probe jobs from a plan; run again to continue it.
+    #[command(after_help = "Examples:\n  \
+        pixpro experiment --plan docs/experiments/tuxseg-cpu.toml --out runs/grid --dry-run\n  \
+        pixpro experiment --plan docs/experiments/tuxseg-cpu.toml --out runs/grid --results docs/results.json\n  \
+        pixpro experiment --plan PLAN.toml --out runs/grid --max-jobs 1   # one job, then stop")]
+    Experiment(ExperimentArgs),
     /// Pictures: the two views and their positive pairs, or what a checkpoint's features show.
     #[command(subcommand)]
     Inspect(InspectCommand),
     /// Print libtorch, CUDA and thread facts for this machine.
     #[command(after_help = "Example:\n  pixpro doctor    # is CUDA visible to this binary?")]
     Doctor,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// The grid: data, preset, steps, seeds, methods, [probe], [[ablation]], [overrides].
+    #[arg(long)]
+    plan: PathBuf,
+    /// Jobs' run folders (jobs/ID), results.md and results.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// The results list to continue and add to [default: OUT/results.json].
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Stop after running this many jobs.
+    #[arg(long)]
+    max_jobs: Option<usize>,
+    /// List the jobs and which are finished; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn experiment(args: &ExperimentArgs) -> Result<()> {
+    use pixpro::experiment as exp;
+    let plan = exp::Plan::load(&args.plan)?;
+    let results_path = args.results.clone().unwrap_or_else(|| args.out.join("results.json"));
+    if args.dry_run {
+        let results = exp::read_results(&results_path)?;
+        for (i, job) in plan.jobs.iter().enumerate() {
+            let status = match results.iter().find(|r| r.id == job.id) {
+                Some(r) => format!("done, mIoU {:.4}", r.miou),
+                None if args.out.join("jobs").join(&job.id).exists() => "started".to_string(),
+                None => "to run".to_string(),
+            };
+            println!("{:>3}  {:<32} {status}", i + 1, job.id);
+        }
+        let done = exp::finished_ids(&plan, &results).len();
+        println!("{done} of {} jobs finished (in {})", plan.jobs.len(), results_path.display());
+        return Ok(());
+    }
+    let report = exp::run(
+        &plan,
+        &exp::RunnerOptions {
+            out: args.out.clone(),
+            results: results_path.clone(),
+            max_jobs: args.max_jobs,
+            quiet: args.quiet,
+        },
+    )?;
+    if !args.quiet {
+        let how = match &report.stopped_by {
+            Some(why) => format!("stopped ({why}); run the same command to continue"),
+            None => "finished".to_string(),
+        };
+        eprintln!(
+            "{how}: ran {} jobs, {} were done before, {} left; {} and {}",
+            report.ran,
+            report.skipped,
+            report.remaining,
+            results_path.display(),
+            args.out.join("results.md").display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -337,37 +409,6 @@ fn probe_config(args: &ProbeArgs) -> Result<pixpro::probe::ProbeConfig> {
     Ok(cfg)
 }
 
-fn run_probe(
-    backbone: &pixpro::backbone::Backbone,
-    voc: &std::path::Path,
-    out: &std::path::Path,
-    cfg: &pixpro::probe::ProbeConfig,
-) -> Result<pixpro::probe::ProbeResult> {
-    let result = pixpro::probe::run_probe(&|x| backbone.features(x), voc, cfg, backbone.device())?;
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let mut json = serde_json::to_value(&result)?;
-    json["backbone"] = serde_json::json!({
-        "source": backbone.source,
-        "arch": backbone.arch.to_string(),
-        "output_stride": backbone.output_stride,
-    });
-    let path = out.join("probe.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("{}", path.display()))?;
-    pixpro::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
-    let split = pixpro::voc::VocSplit::open(voc, "val", result.classes.len())?;
-    let palette = pixpro::plots::voc_palette(result.classes.len());
-    for (id, pred) in &result.examples {
-        let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
-        let sample = split.get(index)?;
-        let picture =
-            pixpro::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette)?;
-        let path = out.join(format!("prediction-{id}.png"));
-        picture.save(&path).with_context(|| format!("{}", path.display()))?;
-    }
-    Ok(result)
-}
-
 fn print_probe(label: &str, r: &pixpro::probe::ProbeResult) {
     println!(
         "{label}: mIoU {:.4}, pixel accuracy {:.4} ({} train / {} val images, {:.0} s)",
@@ -390,7 +431,7 @@ fn probe(args: &ProbeArgs) -> Result<()> {
             pixpro::backbone::Backbone::random(args.arch, args.output_stride, cfg.seed, device)?
         }
     };
-    let r = run_probe(&backbone, &args.voc, &args.out, &cfg)?;
+    let r = pixpro::probe::probe_into(&backbone, &args.voc, &args.out, &cfg)?;
     if args.json {
         print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);
         return Ok(());
@@ -510,8 +551,10 @@ fn demo(args: &DemoArgs) -> Result<()> {
         device,
     )?;
     let voc = data.join("voc");
-    let r_ours = run_probe(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
-    let r_rand = run_probe(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
+    let r_ours =
+        pixpro::probe::probe_into(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
+    let r_rand =
+        pixpro::probe::probe_into(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
     print_probe("pixpro", &r_ours);
     print_probe("random init", &r_rand);
     println!(
@@ -864,6 +907,7 @@ fn main() -> ExitCode {
         Some(Command::Embed(a)) => embed(a),
         Some(Command::Export(a)) => export(a),
         Some(Command::Demo(a)) => demo(a),
+        Some(Command::Experiment(a)) => experiment(a),
         Some(Command::Inspect(InspectCommand::Views(a))) => inspect_views(a),
         Some(Command::Inspect(InspectCommand::Features(a))) => inspect_features(a),
         Some(Command::Doctor) => {

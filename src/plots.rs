@@ -352,6 +352,83 @@ pub fn plot_training(metrics_jsonl: &Path, out_png: &Path) -> Result<()> {
     save_png(&img, out_png)
 }
 
+/// One bar of [`plot_bars`]: a mean and, with two or more samples, a
+/// standard deviation drawn as an error bar.
+pub struct Bar {
+    pub label: String,
+    pub mean: f64,
+    pub std: Option<f64>,
+}
+
+/// A titled row of bars of [`plot_bars`].
+pub struct BarPanel {
+    pub title: String,
+    pub bars: Vec<Bar>,
+}
+
+/// Bar charts with error bars (mean ± std), one panel per [`BarPanel`],
+/// stacked in a PNG 960 px wide. Bars start at zero, so their heights
+/// compare honestly; each is labelled below and carries its value above,
+/// since small differences are hard to see at that scale.
+pub fn plot_bars(panels: &[BarPanel], out_png: &Path) -> Result<()> {
+    const PANEL_H: f32 = 320.0;
+    let (w, h) = (960u32, (PANEL_H * panels.len().max(1) as f32) as u32);
+    let mut img = RgbImage::from_pixel(w, h, WHITE);
+    let colour = Rgb([70, 130, 190]);
+    for (i, panel) in panels.iter().enumerate() {
+        let y = i as f32 * PANEL_H;
+        let (px0, px1, py0, py1) = (80.0, w as f32 - 20.0, y + 50.0, y + PANEL_H - 50.0);
+        let top = panel
+            .bars
+            .iter()
+            .map(|b| b.mean + b.std.unwrap_or(0.0))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let y_hi = if top > 0.0 { top * 1.15 } else { 1.0 };
+        let sy = |v: f64| py1 - (v / y_hi) as f32 * (py1 - py0);
+        let (yt, ystep) = ticks(0.0, y_hi, 5);
+        for v in yt {
+            let ty = sy(v);
+            segment(&mut img, (px0, ty), (px1, ty), GRID, 1.0, None);
+            let label = tick_label(v, ystep);
+            let lw = text_width(LABEL_PX, &label);
+            text(&mut img, px0 - 6.0 - lw, ty - LABEL_PX * 0.6, LABEL_PX, BLACK, &label);
+        }
+        rect(&mut img, (px0, py0), (px1, py1), FRAME, 1.0, None);
+        text(&mut img, px0, y + 10.0, TITLE_PX, BLACK, &panel.title);
+        let slot = (px1 - px0) / panel.bars.len().max(1) as f32;
+        for (k, bar) in panel.bars.iter().enumerate() {
+            let cx = px0 + slot * (k as f32 + 0.5);
+            let half = (slot * 0.3).min(50.0);
+            let bar_top = sy(bar.mean.max(0.0));
+            fill(
+                &mut img,
+                (cx - half) as i64,
+                bar_top as i64,
+                (cx + half) as i64,
+                py1 as i64,
+                colour,
+            );
+            let mut value = format!("{:.4}", bar.mean);
+            let mut label_y = bar_top;
+            if let Some(sd) = bar.std {
+                let (lo, hi) = (sy((bar.mean - sd).max(0.0)), sy(bar.mean + sd));
+                segment(&mut img, (cx, lo), (cx, hi), BLACK, 2.0, None);
+                for end in [lo, hi] {
+                    segment(&mut img, (cx - 8.0, end), (cx + 8.0, end), BLACK, 2.0, None);
+                }
+                value.push_str(&format!(" ± {sd:.4}"));
+                label_y = hi;
+            }
+            let vw = text_width(11.0, &value);
+            text(&mut img, cx - vw / 2.0, label_y - 16.0, 11.0, BLACK, &value);
+            let lw = text_width(LABEL_PX, &bar.label);
+            text(&mut img, cx - lw / 2.0, py1 + 6.0, LABEL_PX, BLACK, &bar.label);
+        }
+    }
+    save_png(&img, out_png)
+}
+
 /// Where the confusion matrix's cells go.
 struct ConfusionLayout {
     n: usize,

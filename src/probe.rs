@@ -162,6 +162,40 @@ pub fn run_probe(
     run_probe_on(backbone, &train, &val, &classes, config, device)
 }
 
+/// Probes `backbone` on `voc` (as [`run_probe`]) and writes what a user
+/// looks at into `out`: probe.json (the result and which backbone it was),
+/// confusion.png and `prediction-ID.png` overlays of the first val images.
+pub fn probe_into(
+    backbone: &crate::backbone::Backbone,
+    voc: &Path,
+    out: &Path,
+    cfg: &ProbeConfig,
+) -> Result<ProbeResult> {
+    let result = run_probe(&|x| backbone.features(x), voc, cfg, backbone.device())?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join("probe.json");
+    let mut json = serde_json::to_value(&result).map_err(|e| Error::data(&path, e.to_string()))?;
+    json["backbone"] = serde_json::json!({
+        "source": backbone.source,
+        "arch": backbone.arch.to_string(),
+        "output_stride": backbone.output_stride,
+    });
+    let text =
+        serde_json::to_string_pretty(&json).map_err(|e| Error::data(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    crate::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
+    let split = VocSplit::open(voc, "val", result.classes.len())?;
+    let palette = crate::plots::voc_palette(result.classes.len());
+    for (id, pred) in &result.examples {
+        let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
+        let sample = split.get(index)?;
+        let picture =
+            crate::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette)?;
+        crate::plots::save_png(&picture, &out.join(format!("prediction-{id}.png")))?;
+    }
+    Ok(result)
+}
+
 /// Trains the 1x1 conv on `train` and scores it on `val`. `backbone` maps a
 /// normalised [B, 3, S, S] batch on `device` to a [B, C, h, w] feature map;
 /// it is called under `no_grad`, once per image.

@@ -7,6 +7,9 @@ use std::process::Command;
 use pixpro::config::Config;
 use pixpro::train::{pretrain, RunDir, RunOptions};
 
+mod common;
+use common::tiny_voc;
+
 /// Output stride 32 so that the Python side can run torchvision's ResNet
 /// (which has no dilated ResNet-18) on the exported weights.
 const TINY: &str = r#"
@@ -44,36 +47,6 @@ fn checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
         RunOptions { data: data.clone(), run: RunDir::new(&run), stop_at: None, quiet: true };
     pretrain(&cfg, &opts).unwrap();
     (run.join("checkpoints/last.safetensors"), data)
-}
-
-/// A VOC-layout folder whose classes are two colours on a dark background.
-fn tiny_voc(root: &Path) {
-    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("classes.txt"), "background\nred\nblue\n").unwrap();
-    let mut lists = (String::new(), String::new());
-    for i in 0..8u32 {
-        let (w, h) = (48, 40);
-        let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([20, 20, 20]));
-        let mut mask = image::GrayImage::new(w, h);
-        let class = 1 + (i % 2) as u8;
-        let colour = if class == 1 { [220, 30, 30] } else { [30, 30, 220] };
-        for y in 8..28 {
-            for x in (4 + i)..(24 + i) {
-                img.put_pixel(x, y, image::Rgb(colour));
-                mask.put_pixel(x, y, image::Luma([class]));
-            }
-        }
-        let id = format!("s{i}");
-        img.save(root.join("JPEGImages").join(format!("{id}.jpg"))).unwrap();
-        mask.save(root.join("SegmentationClass").join(format!("{id}.png"))).unwrap();
-        let list = if i < 6 { &mut lists.0 } else { &mut lists.1 };
-        list.push_str(&id);
-        list.push('\n');
-    }
-    std::fs::write(root.join("ImageSets/Segmentation/train.txt"), lists.0).unwrap();
-    std::fs::write(root.join("ImageSets/Segmentation/val.txt"), lists.1).unwrap();
 }
 
 fn pixpro(args: &[&str]) -> (bool, String, String) {

@@ -72,3 +72,33 @@ pub fn assert_same_tensors(a: &Path, b: &Path) {
         assert!(ta.equal(tb), "{na} differs");
     }
 }
+
+/// A VOC-layout folder whose classes are two colours on a dark background.
+pub fn tiny_voc(root: &Path) {
+    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("classes.txt"), "background\nred\nblue\n").unwrap();
+    let mut lists = (String::new(), String::new());
+    for i in 0..8u32 {
+        let (w, h) = (48, 40);
+        let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([20, 20, 20]));
+        let mut mask = image::GrayImage::new(w, h);
+        let class = 1 + (i % 2) as u8;
+        let colour = if class == 1 { [220, 30, 30] } else { [30, 30, 220] };
+        for y in 8..28 {
+            for x in (4 + i)..(24 + i) {
+                img.put_pixel(x, y, image::Rgb(colour));
+                mask.put_pixel(x, y, image::Luma([class]));
+            }
+        }
+        let id = format!("s{i}");
+        img.save(root.join("JPEGImages").join(format!("{id}.jpg"))).unwrap();
+        mask.save(root.join("SegmentationClass").join(format!("{id}.png"))).unwrap();
+        let list = if i < 6 { &mut lists.0 } else { &mut lists.1 };
+        list.push_str(&id);
+        list.push('\n');
+    }
+    std::fs::write(root.join("ImageSets/Segmentation/train.txt"), lists.0).unwrap();
+    std::fs::write(root.join("ImageSets/Segmentation/val.txt"), lists.1).unwrap();
+}

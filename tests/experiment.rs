@@ -1,0 +1,195 @@
+//! The experiment runner: a grid stopped in the middle is finished by the
+//! same command without rerunning a job, the report's mean ± std, and plan
+//! errors that name the key.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pixpro::experiment::{markdown, read_results, run, Hardware, JobResult, Plan, RunnerOptions};
+use pixpro::probe::ProbeConfig;
+
+mod common;
+use common::{make_images, tiny_voc, TINY};
+
+/// A plan over a data folder `data` (relative to the plan) whose every job
+/// uses the tiny recipe; `extra` is appended as plan keys.
+fn write_plan(dir: &Path, extra: &str) -> PathBuf {
+    let tiny: toml::Table = toml::from_str(TINY).unwrap();
+    let overrides = toml::to_string(&toml::Table::from_iter([(
+        "overrides".to_string(),
+        toml::Value::Table(tiny),
+    )]))
+    .unwrap();
+    let text = format!(
+        "data = \"data\"\nsteps = 3\nseeds = [0, 1]\nmethods = [\"random\", \"pixpro\"]\n{extra}\n\
+         [probe]\nimage_size = 32\nepochs = 2\n\n{overrides}"
+    );
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A plan whose ablation lists the default threshold (the plain pixpro job)
+/// and one other value, for seed 0 only.
+const ABLATION: &str =
+    "[[ablation]]\nkey = \"model.threshold\"\nvalues = [0.7, 1.4]\nseeds = [0]\n";
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_stopped_grid_is_finished_without_rerunning_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 10);
+    tiny_voc(&dir.path().join("data/voc"));
+    let plan_path = write_plan(dir.path(), ABLATION);
+    let plan = Plan::load(&plan_path).unwrap();
+    let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    // Seed-major, ablations after; threshold 0.7 is the pixpro-s0 job.
+    assert_eq!(
+        ids,
+        ["random-s0", "pixpro-s0", "random-s1", "pixpro-s1", "pixpro-threshold=1.4-s0"]
+    );
+
+    let out = dir.path().join("out");
+    let opts = |max_jobs| RunnerOptions {
+        out: out.clone(),
+        results: out.join("results.json"),
+        max_jobs,
+        quiet: true,
+    };
+    let first = run(&plan, &opts(Some(2))).unwrap();
+    assert_eq!((first.ran, first.skipped, first.remaining), (2, 0, 3));
+    let before = read_results(&out.join("results.json")).unwrap();
+    let done: Vec<&str> = before.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(done, ["random-s0", "pixpro-s0"]);
+    let probes: Vec<PathBuf> =
+        done.iter().map(|id| out.join("jobs").join(id).join("probe/probe.json")).collect();
+    let stamps: Vec<_> = probes.iter().map(|p| mtime(p)).collect();
+    let checkpoint = out.join("jobs/pixpro-s0/checkpoints/last.safetensors");
+    let checkpoint_stamp = mtime(&checkpoint);
+
+    let listing = Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["experiment", "--plan", plan_path.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("2 of 5 jobs finished"), "{listing}");
+    assert_eq!(listing.matches("to run").count(), 3, "{listing}");
+
+    let second = run(&plan, &opts(None)).unwrap();
+    assert_eq!((second.ran, second.skipped, second.remaining), (3, 2, 0));
+    assert!(second.stopped_by.is_none());
+    let after = read_results(&out.join("results.json")).unwrap();
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[..2], before[..], "finished jobs' records must not change");
+    for (p, t) in probes.iter().zip(&stamps) {
+        assert_eq!(mtime(p), *t, "{} was written again", p.display());
+    }
+    assert_eq!(mtime(&checkpoint), checkpoint_stamp);
+
+    let by_id = |id: &str| after.iter().find(|r| r.id == id).unwrap();
+    let ablated = by_id("pixpro-threshold=1.4-s0");
+    assert_eq!(ablated.knobs, BTreeMap::from([("model.threshold".into(), 1.4.into())]));
+    assert!(by_id("pixpro-s1").knobs.is_empty());
+    assert_eq!(by_id("random-s1").images_per_sec, None);
+    assert_eq!(by_id("random-s1").steps, 0);
+    let pretrained = by_id("pixpro-s1");
+    assert!(pretrained.images_per_sec.is_some_and(|v| v > 0.0));
+    assert_eq!((pretrained.steps, pretrained.probe.seed), (3, 1));
+    assert!(after.iter().all(|r| r.miou.is_finite() && r.wall_s > 0.0));
+
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("5 of 5 jobs finished"), "{md}");
+    assert!(md.contains("| 0.7 (default) | 1 |"), "{md}");
+    assert!(out.join("results.png").exists());
+
+    let third = run(&plan, &opts(None)).unwrap();
+    assert_eq!((third.ran, third.skipped), (0, 5));
+}
+
+fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f64>) -> JobResult {
+    JobResult {
+        id: id.into(),
+        method: method.into(),
+        seed,
+        knobs: BTreeMap::new(),
+        miou,
+        per_class_iou: BTreeMap::new(),
+        pixel_accuracy: 0.9,
+        images_per_sec,
+        wall_s: 60.0,
+        steps: if method == "random" { 0 } else { 3 },
+        probe: ProbeConfig { image_size: 32, epochs: 2, seed, ..Default::default() },
+        started_at: 0,
+        finished_at: 60,
+        hardware: Hardware { cpu: "test cpu".into(), cores: 2, threads: 2, device: "Cpu".into() },
+        version: "0.0.0".into(),
+        commit: None,
+    }
+}
+
+#[test]
+fn the_report_gives_mean_and_sample_std_over_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["data/pretrain", "data/voc"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    let plan = Plan::load(&write_plan(dir.path(), ABLATION)).unwrap();
+    let results = vec![
+        result("pixpro-s0", "pixpro", 0, 0.4, Some(20.0)),
+        result("pixpro-s1", "pixpro", 1, 0.6, Some(30.0)),
+        result("random-s0", "random", 0, 0.25, None),
+        // Not in the plan: kept in the file, left out of the tables.
+        result("byol-s0", "byol", 0, 0.9, Some(10.0)),
+    ];
+    let md = markdown(&plan, &results);
+    // mean 0.5, sample std sqrt(0.02) = 0.1414; one seed has no std.
+    assert!(md.contains("| pixpro | 2 | 0.5000 ± 0.1414 | 25.0 | 1.0 min |"), "{md}");
+    assert!(md.contains("| random | 1 | 0.2500 | - | 1.0 min |"), "{md}");
+    assert!(md.contains("| 0.7 (default) | 1 | 0.4000 | 20.0 |"), "{md}");
+    assert!(md.contains("| 1.4 | 0 | - | - | - |"), "{md}");
+    assert!(md.contains("3 of 5 jobs finished"), "{md}");
+    assert!(!md.contains("byol"), "{md}");
+}
+
+#[test]
+fn plan_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = |extra: &str| {
+        let path = write_plan(dir.path(), extra);
+        let e = Plan::load(&path).unwrap_err().to_string();
+        assert!(e.contains("plan.toml"), "{e}");
+        e
+    };
+    let e = err("");
+    assert!(e.contains("pretrain") && e.contains("data"), "missing data folder: {e}");
+    for part in ["data/pretrain", "data/voc"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    let e = err("stepz = 4");
+    assert!(e.contains("stepz"), "{e}");
+    let e = err("[[ablation]]\nkey = \"model.threshhold\"\nvalues = [1.0]\n");
+    assert!(e.contains("ablation[0].key") && e.contains("threshhold"), "{e}");
+    let e = err("[[ablation]]\nkey = \"model.threshold\"\nvalues = [-1.0]\n");
+    assert!(e.contains("model.threshold"), "{e}");
+    let e = err("[[ablation]]\nkey = \"model.threshold\"\nvalues = [1.0]\nvalue = 2\n");
+    assert!(e.contains("`value`"), "{e}");
+    let path = write_plan(dir.path(), "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bad_method = text.replace("\"random\", \"pixpro\"", "\"random\", \"byoll\"");
+    std::fs::write(&path, bad_method).unwrap();
+    let e = Plan::load(&path).unwrap_err().to_string();
+    assert!(e.contains("methods") && e.contains("byoll"), "{e}");
+    let bad_probe = text.replace("epochs = 2", "seed = 3");
+    std::fs::write(&path, bad_probe).unwrap();
+    let e = Plan::load(&path).unwrap_err().to_string();
+    assert!(e.contains("probe.seed"), "{e}");
+    let bad_probe = text.replace("epochs = 2", "image_sise = 3");
+    std::fs::write(&path, bad_probe).unwrap();
+    let e = Plan::load(&path).unwrap_err().to_string();
+    assert!(e.contains("probe") && e.contains("image_sise"), "{e}");
+}
