@@ -11,8 +11,7 @@
 //! that has the results file.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -756,12 +755,7 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     if plan.base.train.threads > 0 {
         tch::set_num_threads(plan.base.train.threads as i32);
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())
-            .and_then(|_| signal_hook::flag::register(sig, interrupted.clone()))
-            .map_err(|e| Error::io("(signal handler)", e))?;
-    }
+    let interrupted = crate::train::interrupt_flag()?;
     let done_before = finished_ids(plan, &results);
     let todo: Vec<&Job> = plan.jobs.iter().filter(|j| !done_before.contains(&j.id)).collect();
     let total = plan.jobs.len();

@@ -9,7 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -360,6 +360,24 @@ fn grad_norm(params: &[Tensor]) -> Tensor {
     }
 }
 
+/// The process's SIGINT/SIGTERM flag, its handlers installed on first use
+/// only (a grid of runs in one process must not stack them): the first
+/// signal sets it, so that work stops at the end of the current step with a
+/// checkpoint; a second one, while it is set, exits at once.
+pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+            .map_err(|e| Error::io("(signal handler)", e))?;
+    }
+    Ok(FLAG.get_or_init(|| flag).clone())
+}
+
 /// Trains `cfg` on the images under `opts.data`, continuing from the run's
 /// newest loadable checkpoint when there is one.
 pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
@@ -408,14 +426,7 @@ pub fn pretrain_with_nan_batches(
         .map_err(|e| Error::io(run.metrics(), e))?;
 
     let stop_at = opts.stop_at.unwrap_or(total).min(total);
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // The first signal asks for a checkpoint at the end of the step; a
-        // second one, while that is pending, exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())
-            .and_then(|_| signal_hook::flag::register(sig, interrupted.clone()))
-            .map_err(|e| Error::io("(signal handler)", e))?;
-    }
+    let interrupted = interrupt_flag()?;
 
     let save = |trainer: &Trainer, skipped: u64| -> Result<()> {
         let step = trainer.step;
