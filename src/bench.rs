@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::loader::Loader;
 use crate::train::{open_loader, pick_device, Trainer};
 use crate::{Error, Result};
 
@@ -46,6 +47,21 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// What `pixpro bench --data-only` measures: the loader alone, no model.
+#[derive(Debug, Serialize)]
+pub struct DataReport {
+    pub image_size: u32,
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Timed batches (after one untimed, which includes the threads' start).
+    pub batches: usize,
+    /// Two-view samples per second, and per worker thread: with one worker,
+    /// the throughput of one core.
+    pub data_images_per_sec: f64,
+    pub data_images_per_sec_per_worker: f64,
+    pub peak_rss_mb: f64,
+}
+
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
@@ -54,6 +70,39 @@ fn median(xs: &mut [f64]) -> f64 {
     } else {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
+}
+
+/// Two-view samples per second of `loader` over `batches` batches, after
+/// one untimed batch.
+fn time_loader(loader: &Loader, data: &Path, batches: usize) -> Result<f64> {
+    let mut it = loader.iter_from(0, 0);
+    let first = it.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        it.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+    }
+    Ok((batches * first.indices.len()) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Times the loader of `cfg` alone over `batches` batches: no model is
+/// built, so it runs in seconds and its memory is the loader's.
+pub fn data_only(cfg: &Config, data: &Path, batches: usize) -> Result<DataReport> {
+    cfg.validate()?;
+    if batches == 0 {
+        return Err(Error::config("--steps", "must be at least 1"));
+    }
+    let loader = open_loader(cfg, data, tch::get_num_threads().max(1) as usize, tch::Device::Cpu)?;
+    let workers = loader.workers();
+    let data_images_per_sec = time_loader(&loader, data, batches)?;
+    Ok(DataReport {
+        image_size: cfg.augment.image_size,
+        batch_size: cfg.train.batch_size,
+        workers,
+        batches,
+        data_images_per_sec,
+        data_images_per_sec_per_worker: data_images_per_sec / workers as f64,
+        peak_rss_mb: peak_rss_mb(),
+    })
 }
 
 /// Runs `warmup` untimed and `steps` timed training steps of `cfg` on `data`,
@@ -71,14 +120,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
     let loader = open_loader(cfg, data, torch_threads.max(1) as usize, device)?;
     let workers = loader.workers();
 
-    let mut batches = loader.iter_from(0, 0);
-    let first = batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
-    }
-    let data_images_per_sec = (steps * first.indices.len()) as f64 / t0.elapsed().as_secs_f64();
-    drop(batches);
+    let data_images_per_sec = time_loader(&loader, data, steps)?;
 
     let mut trainer = Trainer::new(cfg, loader.batches_per_epoch(), device)?;
     let mut batches = loader.iter_from(0, 0);
@@ -128,6 +170,26 @@ mod tests {
     fn median_of_odd_and_even() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn data_only_times_the_loader_with_the_workers_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..6u32 {
+            let img = image::RgbImage::from_fn(48 + k, 40, |x, y| {
+                image::Rgb([(x * 5) as u8, (y * 6) as u8, (k * 40) as u8])
+            });
+            img.save(dir.path().join(format!("{k}.png"))).unwrap();
+        }
+        let mut cfg = crate::config::Preset::Cpu.config();
+        cfg.augment.image_size = 32;
+        cfg.train.batch_size = 2;
+        cfg.train.workers = 1;
+        let r = data_only(&cfg, dir.path(), 4).unwrap();
+        assert_eq!((r.workers, r.batches, r.batch_size, r.image_size), (1, 4, 2, 32));
+        assert!(r.data_images_per_sec.is_finite() && r.data_images_per_sec > 0.0, "{r:?}");
+        assert_eq!(r.data_images_per_sec_per_worker, r.data_images_per_sec);
+        assert!(data_only(&cfg, dir.path(), 0).is_err());
     }
 
     #[test]

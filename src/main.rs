@@ -36,7 +36,8 @@ enum Command {
     /// Time the data pipeline and the training step (images/s, data wait, memory).
     #[command(after_help = "Examples:\n  \
         pixpro bench --data ~/photos --preset cpu\n  \
-        pixpro bench --data ~/photos --arch resnet50 --image-size 224 --batch-size 16 --json")]
+        pixpro bench --data ~/photos --arch resnet50 --image-size 224 --batch-size 16 --json\n  \
+        pixpro bench --data ~/photos --data-only --workers 1 --steps 20")]
     Bench(BenchArgs),
     /// Build evaluation data sets from installed packages.
     #[command(subcommand)]
@@ -606,6 +607,10 @@ struct BenchArgs {
     /// End with one JSON line (images_per_sec, peak_rss_mb, data_wait_fraction, ...).
     #[arg(long)]
     json: bool,
+    /// Time the data pipeline alone over --steps batches, without building
+    /// the model; with --workers 1 it measures one core.
+    #[arg(long)]
+    data_only: bool,
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
@@ -633,6 +638,22 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     if let Some(d) = args.device {
         cfg.train.device = d.into();
+    }
+    if args.data_only {
+        let r = pixpro::bench::data_only(&cfg, &args.data, args.steps)?;
+        println!(
+            "data alone, {} px, batch {}: {:.1} two-view img/s with {} loader workers ({:.1} per worker); peak memory {:.0} MiB",
+            r.image_size,
+            r.batch_size,
+            r.data_images_per_sec,
+            r.workers,
+            r.data_images_per_sec_per_worker,
+            r.peak_rss_mb
+        );
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        return Ok(());
     }
     let r = pixpro::bench::run(&cfg, &args.data, args.warmup, args.steps)?;
     println!(

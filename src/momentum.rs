@@ -31,8 +31,9 @@ pub fn ema_update(target: &nn::VarStore, online: &nn::VarStore, tau: f64) {
                 continue;
             }
             assert_eq!(t.size(), o.size(), "ema_update: shapes of `{name}` differ");
-            t *= tau;
-            t += o * (1.0 - tau);
+            // `t + (1 - tau) * (o - t)` in one pass, without the temporary
+            // of `t * tau + o * (1 - tau)`: the same value up to rounding.
+            let _ = t.lerp_(o, 1.0 - tau);
         }
     });
 }

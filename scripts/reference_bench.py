@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Times the reference PyTorch PixPro (zdaxie/PixPro) on the CPU, in one
+process: its training step, or its data pipeline alone.
+
+Run by scripts/compare-reference with a Python that has torch, torchvision
+and Pillow; standalone use:
+
+    python scripts/reference_bench.py --ref ~/src/PixPro --data ~/photos \
+        --mode train --arch resnet50 --image-size 224 --batch-size 16
+
+The reference is imported from the user's checkout (--ref) and used as it is,
+except for what one CPU process needs, all done here at run time and nothing
+written to the checkout:
+
+- torch.distributed is initialised with Gloo and one rank (the reference
+  calls get_world_size() and wraps the model in DistributedDataParallel);
+- its BatchNorm layers stay BatchNorm instead of becoming SyncBatchNorm:
+  torch refuses SyncBatchNorm on CPU tensors, and with one rank it computes
+  plain BatchNorm anyway;
+- no .cuda(), no apex: fp32 (`--amp-opt-level O0`);
+- pycocotools is replaced by an empty module when it is not installed: the
+  reference imports it for COCO annotation files, which a folder of images
+  does not use;
+- its folder-mode image loader converts to RGB after closing the file, which
+  current Pillow refuses ("seek of closed file"; the paper's runs used its
+  zip mode, which reads bytes); torchvision's pil_loader, the same open,
+  decode and convert with the file still open, replaces it;
+- the image folder is given to the reference's own ImageFolder through a
+  temporary `train/images` symlink, as its non-zip mode expects
+  `DATA/train/CLASS/*.jpg`;
+- for ResNet-18 (the `cpu` preset's recipe): the projector's input width is
+  512 instead of the hard-coded 2048 and its hidden width is --proj-hidden;
+  output stride 16 uses the reference's `layer4_dilation=2`, and since its
+  BasicBlock ignores dilation, layer4's later blocks get dilation 2 as in
+  pixpro (torchvision's rule: the first block of a dilated stage keeps the
+  previous dilation).
+
+The last line printed is one JSON object.
+"""
+import argparse
+import contextlib
+import functools
+import importlib
+import json
+import os
+import random
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import types
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ref", required=True, help="checkout of zdaxie/PixPro")
+    p.add_argument("--data", required=True, help="folder of images, searched recursively")
+    p.add_argument("--mode", choices=["train", "data"], default="train")
+    p.add_argument("--arch", choices=["resnet50", "resnet18"], default="resnet50")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--output-stride", type=int, choices=[32, 16], default=32)
+    p.add_argument("--proj-hidden", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (train mode)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps, or timed batches in data mode")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process (Linux VmHWM), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def free_port():
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stub_pycocotools():
+    try:
+        import pycocotools.coco  # noqa: F401
+    except ImportError:
+        pkg = types.ModuleType("pycocotools")
+        coco = types.ModuleType("pycocotools.coco")
+        coco.COCO = None
+        pkg.coco = coco
+        sys.modules["pycocotools"] = pkg
+        sys.modules["pycocotools.coco"] = coco
+
+
+def fix_pil_loader():
+    import torchvision.datasets.folder
+
+    import contrast.data.dataset
+
+    contrast.data.dataset.pil_loader = torchvision.datasets.folder.pil_loader
+
+
+def reference_options(a, data_dir):
+    """The reference's own option parser, with the flags of its
+    tools/pixpro_base_r50_100ep.sh minus zip, amp and the 8-GPU batch."""
+    from contrast.option import parse_option
+
+    argv = [
+        "main_pretrain.py",
+        "--data-dir", data_dir,
+        "--crop", "0.08",
+        "--aug", "BYOL",
+        "--dataset", "ImageNet",
+        "--batch-size", str(a.batch_size),
+        "--image-size", str(a.image_size),
+        "--num-workers", str(a.workers),
+        "--model", "PixPro",
+        "--arch", a.arch,
+        "--head-type", "early_return",
+        "--optimizer", "lars",
+        "--base-lr", "1.0",
+        "--weight-decay", "1e-5",
+        "--warmup-epoch", "5",
+        "--epochs", "100",
+        "--amp-opt-level", "O0",
+        "--pixpro-p", "2",
+        "--pixpro-momentum", "0.99",
+        "--pixpro-pos-ratio", "0.7",
+        "--pixpro-transform-layer", "1",
+        "--pixpro-ins-loss-weight", "0.",
+        "--local_rank", "0",
+    ]
+    saved, sys.argv = sys.argv, argv
+    try:
+        return parse_option(stage="pre-train")
+    finally:
+        sys.argv = saved
+
+
+def encoder_factory(a):
+    """The reference's encoder constructor for --arch and --output-stride."""
+    from contrast import resnet
+
+    if a.output_stride == 32:
+        return resnet.__dict__[a.arch]
+    layers = {"resnet18": (resnet.BasicBlock, [2, 2, 2, 2]), "resnet50": (resnet.Bottleneck, [3, 4, 6, 3])}
+    block, counts = layers[a.arch]
+
+    def build(**kwargs):
+        net = resnet.ResNet(block, counts, layer4_dilation=2, **kwargs)
+        if block is resnet.BasicBlock:
+            for b in list(net.layer4)[1:]:
+                for conv in (b.conv1, b.conv2):
+                    conv.dilation, conv.padding = (2, 2), (2, 2)
+        return net
+
+    return build
+
+
+def build(a, data_dir):
+    """Model, LARS optimiser, scheduler and loader as the reference's
+    main_pretrain.build_model/main make them, on the CPU."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from contrast import models
+    from contrast.data import get_loader
+    from contrast.lars import LARS, add_weight_decay
+    from contrast.lr_scheduler import get_scheduler
+
+    args = reference_options(a, data_dir)
+    loader = get_loader(args.aug, args, two_crop=True, prefix="train", return_coord=True)
+    # The reference converts in place and ignores the return value.
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda module, process_group=None: module)
+    args.num_instances = len(loader.dataset)
+    if a.arch != "resnet50" or a.proj_hidden != 4096:
+        # The module, not the class contrast.models re-exports under its name.
+        pixpro_module = importlib.import_module("contrast.models.PixPro")
+        in_dim = 512 if a.arch == "resnet18" else 2048
+        pixpro_module.Proj_Head = functools.partial(pixpro_module.MLP2d, in_dim, a.proj_hidden, 256)
+    model = models.__dict__[args.model](encoder_factory(a), args)
+    params = add_weight_decay(model, args.weight_decay)
+    lr = args.batch_size * dist.get_world_size() / 256 * args.base_learning_rate
+    optimizer = LARS(torch.optim.SGD(params, lr=lr, momentum=args.momentum))
+    model = DistributedDataParallel(model, broadcast_buffers=False)
+    scheduler = get_scheduler(optimizer, len(loader), args)
+    return model, optimizer, scheduler, loader
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def train(a, data_dir):
+    import torch
+
+    model, optimizer, scheduler, loader = build(a, data_dir)
+    model.train()
+    batches = endless(loader)
+    times, waited = [], 0.0
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        data = next(batches)
+        t1 = time.perf_counter()
+        # main_pretrain.train's step, without .cuda() and amp.
+        loss = model(data[0], data[1], data[2], data[3])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss.item()
+        t2 = time.perf_counter()
+        if i >= a.warmup:
+            times.append(t2 - t0)
+            waited += t1 - t0
+    del batches
+    times_ms = [1e3 * t for t in times]
+    median = statistics.median(times_ms)
+    return {
+        "images_per_sec": a.batch_size / (median / 1e3),
+        "step_ms_median": median,
+        "step_ms_min": min(times_ms),
+        "step_ms_max": max(times_ms),
+        "data_wait_fraction": waited / sum(times),
+        "torch_threads": torch.get_num_threads(),
+        "workers": a.workers,
+        "peak_rss_mb": peak_rss_mb(),
+        # DataLoader workers are processes of their own; the largest one's
+        # peak (much of it pages shared with this process).
+        "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
+    }
+
+
+def data_alone(a, data_dir):
+    """The reference's dataset and collate in this process on one thread: a
+    DataLoader worker's work, per core."""
+    import torch
+    from torch.utils.data import default_collate
+
+    torch.set_num_threads(1)
+    a.workers = 0
+    from contrast.data import get_loader
+
+    args = reference_options(a, data_dir)
+    dataset = get_loader(args.aug, args, two_crop=True, prefix="train", return_coord=True).dataset
+    rng = random.Random(a.seed)
+    order = list(range(len(dataset)))
+    rng.shuffle(order)
+    n = a.batch_size
+
+    def batch(k):
+        idx = [order[(k * n + j) % len(order)] for j in range(n)]
+        return default_collate([dataset[i] for i in idx])
+
+    batch(0)
+    t0 = time.perf_counter()
+    for k in range(1, a.steps + 1):
+        batch(k)
+    rate = a.steps * n / (time.perf_counter() - t0)
+    return {
+        "data_images_per_sec": rate,
+        "data_images_per_sec_per_worker": rate,
+        "workers": 1,
+        "batches": a.steps,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main():
+    a = parse_args()
+    ref = os.path.abspath(a.ref)
+    if not os.path.isfile(os.path.join(ref, "contrast", "models", "PixPro.py")):
+        sys.exit(f"{ref} is not a checkout of zdaxie/PixPro (no contrast/models/PixPro.py)")
+    sys.path.insert(0, ref)
+    stub_pycocotools()
+    fix_pil_loader()
+
+    import torch
+    import torch.distributed as dist
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(backend="gloo", rank=0, world_size=1)
+
+    with tempfile.TemporaryDirectory(prefix="pixpro-ref-") as tmp:
+        os.makedirs(os.path.join(tmp, "train"))
+        os.symlink(os.path.abspath(a.data), os.path.join(tmp, "train", "images"))
+        report = train(a, tmp) if a.mode == "train" else data_alone(a, tmp)
+    dist.destroy_process_group()
+    report.update(
+        implementation="reference",
+        mode=a.mode,
+        arch=a.arch,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        output_stride=a.output_stride,
+        steps=a.steps,
+        torch_version=torch.__version__,
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
