@@ -214,23 +214,25 @@ fn check_header(path: &Path) -> std::result::Result<(), String> {
 /// A JPEG cut short (an interrupted copy or download) is an error, although
 /// the decoder would return it with the missing rows grey.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = ImageReader::new(Cursor::new(&bytes[..]))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
-        return Err(err(
-            "JPEG file is truncated (no end-of-image marker after the image data)".into()
-        ));
+    decode_rgb(&bytes).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })
+}
+
+/// [`load_rgb`] on the bytes of a file already read: the decoded image, or
+/// why it cannot be decoded (without the file name, which the caller adds).
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err("JPEG file is truncated (no end-of-image marker after the image data)".into());
     }
     reader.limits(limits());
-    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (w, h) = decoder.dimensions();
-    check_size(w, h).map_err(err)?;
+    check_size(w, h)?;
     // A malformed EXIF block should not cost us an otherwise good photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
