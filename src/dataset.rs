@@ -356,6 +356,28 @@ mod tests {
         assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
     }
 
+    /// Photoshop and PIL store CMYK JPEGs with inverted inks and an Adobe
+    /// APP14 marker; such a file must come out in the colours a viewer
+    /// shows, not as a colour negative. (tests/fixtures/cmyk.jpg is made by
+    /// scripts/make_fuzz_seeds.py.)
+    #[test]
+    fn a_cmyk_jpeg_decodes_to_the_colours_it_shows() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmyk.jpg");
+        let img = load_rgb(&path).unwrap();
+        assert_eq!(img.dimensions(), (16, 16));
+        let quadrants = [
+            ((4, 4), [255, 0, 0]),
+            ((12, 4), [0, 255, 0]),
+            ((4, 12), [0, 0, 255]),
+            ((12, 12), [0; 3]),
+        ];
+        for ((x, y), want) in quadrants {
+            let got = img.get_pixel(x, y).0;
+            let close = got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 24);
+            assert!(close, "pixel ({x}, {y}) is {got:?}, should be about {want:?}");
+        }
+    }
+
     #[test]
     fn load_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
