@@ -214,23 +214,25 @@ fn check_header(path: &Path) -> std::result::Result<(), String> {
 /// A JPEG cut short (an interrupted copy or download) is an error, although
 /// the decoder would return it with the missing rows grey.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = ImageReader::new(Cursor::new(&bytes[..]))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
-        return Err(err(
-            "JPEG file is truncated (no end-of-image marker after the image data)".into()
-        ));
+    decode_rgb(&bytes).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })
+}
+
+/// [`load_rgb`] on the bytes of a file already read: the decoded image, or
+/// why it cannot be decoded (without the file name, which the caller adds).
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err("JPEG file is truncated (no end-of-image marker after the image data)".into());
     }
     reader.limits(limits());
-    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (w, h) = decoder.dimensions();
-    check_size(w, h).map_err(err)?;
+    check_size(w, h)?;
     // A malformed EXIF block should not cost us an otherwise good photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -352,6 +354,28 @@ mod tests {
         let bottom = upright.get_pixel(8, 28);
         assert!(top[0] > 200 && top[2] < 60, "top should be red, got {top:?}");
         assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
+    }
+
+    /// Photoshop and PIL store CMYK JPEGs with inverted inks and an Adobe
+    /// APP14 marker; such a file must come out in the colours a viewer
+    /// shows, not as a colour negative. (tests/fixtures/cmyk.jpg is made by
+    /// scripts/make_fuzz_seeds.py.)
+    #[test]
+    fn a_cmyk_jpeg_decodes_to_the_colours_it_shows() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmyk.jpg");
+        let img = load_rgb(&path).unwrap();
+        assert_eq!(img.dimensions(), (16, 16));
+        let quadrants = [
+            ((4, 4), [255, 0, 0]),
+            ((12, 4), [0, 255, 0]),
+            ((4, 12), [0, 0, 255]),
+            ((12, 12), [0; 3]),
+        ];
+        for ((x, y), want) in quadrants {
+            let got = img.get_pixel(x, y).0;
+            let close = got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 24);
+            assert!(close, "pixel ({x}, {y}) is {got:?}, should be about {want:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ use pixpro::train::{
 use pixpro::Error;
 
 mod common;
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz_checks;
 use common::{assert_same_tensors, make_images, options, TINY};
 
 /// The tiny recipe with extra `[train]` keys.
@@ -291,29 +293,40 @@ impl XorShift {
     }
 }
 
-/// Stable-Rust stand-in for the cargo-fuzz targets (docs/robustness.md):
-/// damaged images and configs give an error or a value, never a panic.
+/// The files of one fuzz target's seed corpus, in a fixed order.
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Stable-Rust stand-in for the cargo-fuzz targets (fuzz/, see
+/// docs/robustness.md): their property checks over the seed corpus and over
+/// mutations of it from a fixed seed. Damaged images and configs give an
+/// error or a well-formed value, never a panic.
 #[test]
 fn damaged_images_and_configs_never_panic() {
-    let tmp = tempfile::tempdir().unwrap();
-    make_images(tmp.path(), 2);
-    let seeds: Vec<Vec<u8>> = ["group0/img0.png", "group1/img1.jpg"]
-        .iter()
-        .map(|p| std::fs::read(tmp.path().join(p)).unwrap())
-        .collect();
-    let mut rng = XorShift(0x5eed);
-    let path = tmp.path().join("fuzz.img");
-    for i in 0..400 {
-        let bytes = rng.mutate(&seeds[i % 2]);
-        std::fs::write(&path, &bytes).unwrap();
-        if let Ok(img) = pixpro::dataset::load_rgb(&path) {
-            assert!(img.width() > 0 && img.height() > 0);
-        }
+    let images = seeds("decode_image");
+    let configs = seeds("config");
+    // Seeds must be good inputs, or the mutations explore only error paths.
+    for (i, bytes) in images.iter().enumerate() {
+        assert!(pixpro::dataset::decode_rgb(bytes).is_ok(), "image seed {i} does not decode");
+        fuzz_checks::check_image(bytes);
     }
-    for _ in 0..2000 {
-        let text = String::from_utf8_lossy(&rng.mutate(TINY.as_bytes())).to_string();
-        if let Ok(cfg) = Config::from_toml_str(&text, &Config::default()) {
-            let _ = cfg.validate();
-        }
+    for (i, bytes) in configs.iter().enumerate() {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let cfg = Config::from_toml_str(text, &Config::default()).unwrap();
+        assert!(cfg.validate().is_ok(), "config seed {i} does not validate");
+        fuzz_checks::check_config(bytes);
+    }
+    let mut rng = XorShift(0x5eed);
+    for i in 0..2000 {
+        fuzz_checks::check_image(&rng.mutate(&images[i % images.len()]));
+    }
+    for i in 0..2000 {
+        let text = String::from_utf8_lossy(&rng.mutate(&configs[i % configs.len()])).to_string();
+        fuzz_checks::check_config(text.as_bytes());
     }
 }
