@@ -1,7 +1,8 @@
 //! `pixpro experiment`: a grid of pretrain + probe jobs from a plan file
-//! (methods x seeds, then one-knob ablations x values x seeds), run one job
-//! at a time, each recorded in `results.json` the moment it finishes, with a
-//! Markdown table and a bar chart redrawn after every job.
+//! (methods x seeds, then one-knob ablations x values x seeds, both
+//! seed-major), run one job at a time, each recorded in `results.json` the
+//! moment it finishes, with a Markdown table and a bar chart redrawn after
+//! every job.
 //!
 //! A job is identified by its id (`pixpro-threshold=1.4-s0`), built from what
 //! makes it differ from the grid's base config, so the same job asked for
@@ -266,6 +267,7 @@ impl Plan {
             groups.push(Group { title: "Methods".into(), row_name: "method".into(), rows });
         }
 
+        let compared = jobs.len();
         for (i, ab) in file.ablation.iter().enumerate() {
             let at = format!("ablation[{i}]");
             // The runner sets these itself: from `methods`, `seeds` and `steps`.
@@ -310,6 +312,10 @@ impl Plan {
                 rows,
             });
         }
+        // Seed-major across all ablations too (a stable sort keeps the
+        // plan's order within a seed): a grid stopped part-way has every
+        // knob value at the first seeds, not one knob at every seed.
+        jobs[compared..].sort_by_key(|j| j.seed);
         if jobs.is_empty() {
             return Err(plan_error(
                 path,

@@ -133,6 +133,28 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
 }
 
 #[test]
+fn ablation_jobs_run_seed_major_across_ablations() {
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 2);
+    tiny_voc(&dir.path().join("data/voc"));
+    let two = "[[ablation]]\nkey = \"model.threshold\"\nvalues = [1.4, 2.8]\n\n\
+               [[ablation]]\nkey = \"model.ppm_gamma\"\nvalues = [4.0]\n";
+    let plan = Plan::load(&write_plan(dir.path(), two)).unwrap();
+    let ids: Vec<&str> = plan.jobs.iter().skip(4).map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "pixpro-threshold=1.4-s0",
+            "pixpro-threshold=2.8-s0",
+            "pixpro-ppm_gamma=4.0-s0",
+            "pixpro-threshold=1.4-s1",
+            "pixpro-threshold=2.8-s1",
+            "pixpro-ppm_gamma=4.0-s1",
+        ]
+    );
+}
+
+#[test]
 fn the_report_gives_mean_and_sample_std_over_seeds() {
     let dir = tempfile::tempdir().unwrap();
     for part in ["data/pretrain", "data/voc"] {
