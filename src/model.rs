@@ -299,7 +299,7 @@ impl PixPro {
         let positive_fraction =
             tch::no_grad(|| m12.amax(2, false).mean(Kind::Double).double_value(&[]));
 
-        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let mut terms: Vec<Tensor> = Vec::with_capacity(2);
         let mut target_std = None;
         if let Some(px) = &self.pixel {
             let p1 = f1.apply_t(&px.projector, true); // [B, D, h, w]
@@ -308,18 +308,17 @@ impl PixPro {
                 let z = |t: &Tensor| normalize_cells(&t.apply_t(&px.target_projector, true));
                 (z(&t1), z(&t2))
             }); // [B, D, h, w] each
-            loss = loss
-                + match &px.ppm {
-                    Some(ppm) => {
-                        let y1 = p1.apply_t(ppm, true); // [B, D, h, w]
-                        let y2 = p2.apply_t(ppm, true); // [B, D, h, w]
-                        f_consistency_loss(&y1, &z2, &m12)? + f_consistency_loss(&y2, &z1, &m21)?
-                    }
-                    None => {
-                        let t = self.cfg.temperature;
-                        pixcontrast_loss(&p1, &z2, &m12, t)? + pixcontrast_loss(&p2, &z1, &m21, t)?
-                    }
-                };
+            terms.push(match &px.ppm {
+                Some(ppm) => {
+                    let y1 = p1.apply_t(ppm, true); // [B, D, h, w]
+                    let y2 = p2.apply_t(ppm, true); // [B, D, h, w]
+                    f_consistency_loss(&y1, &z2, &m12)? + f_consistency_loss(&y2, &z1, &m21)?
+                }
+                None => {
+                    let t = self.cfg.temperature;
+                    pixcontrast_loss(&p1, &z2, &m12, t)? + pixcontrast_loss(&p2, &z1, &m21, t)?
+                }
+            });
             target_std = Some(tch::no_grad(|| channel_std(&Tensor::cat(&[&z1, &z2], 0))));
         }
         if let Some((online, target)) = &self.instance {
@@ -331,11 +330,16 @@ impl PixPro {
                 Method::Byol => 1.0,
                 _ => self.cfg.instance_weight,
             };
-            loss = loss + (instance_loss(&q1, &z2)? + instance_loss(&q2, &z1)?) * weight;
+            terms.push((instance_loss(&q1, &z2)? + instance_loss(&q2, &z1)?) * weight);
             if target_std.is_none() {
                 target_std = Some(tch::no_grad(|| channel_std(&Tensor::cat(&[&z1, &z2], 0))));
             }
         }
+        // Every method has a pixel or an instance branch (or both).
+        let loss = terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
         Ok(StepOutput { loss, target_std: target_std.unwrap_or(0.0), positive_fraction })
     }
 
