@@ -29,8 +29,7 @@ use crate::{Error, Result};
 /// backbone without pretraining; the others are `model.method` values.
 pub const METHODS: [&str; 5] = ["random", "byol", "pixcontrast", "pixpro", "pixpro+instance"];
 
-/// The method whose knobs the ablations vary, and the config's default one
-/// (so its jobs leave `model.method` unset and run on builds without it).
+/// The method whose knobs the ablations vary.
 const ABLATED_METHOD: &str = "pixpro";
 
 /// The plan file as written; [`Plan::load`] checks it and expands the jobs.
@@ -206,7 +205,9 @@ impl Plan {
         // A job's config and the knobs that set it apart from the base.
         let job = |method: &str, knob: Option<(&str, &toml::Value)>, seed: u64| -> Result<Job> {
             let mut config = base.clone();
-            if method != "random" && method != ABLATED_METHOD {
+            // Set for every method, so that an `[overrides]` method cannot
+            // turn the plan's pixpro jobs into something else.
+            if method != "random" {
                 config = config.with_overlay(nested("model.method", method.into()))?;
             }
             if let Some((key, value)) = knob {
