@@ -31,9 +31,11 @@ pub fn ema_update(target: &nn::VarStore, online: &nn::VarStore, tau: f64) {
                 continue;
             }
             assert_eq!(t.size(), o.size(), "ema_update: shapes of `{name}` differ");
-            // `t + (1 - tau) * (o - t)` in one pass, without the temporary
-            // of `t * tau + o * (1 - tau)`: the same value up to rounding.
-            let _ = t.lerp_(o, 1.0 - tau);
+            // Not `lerp_`: its vectorised and scalar paths round
+            // differently, so its bits would depend on how the tensor is
+            // split over threads, and resuming must be bit-exact.
+            t *= tau;
+            t += o * (1.0 - tau);
         }
     });
 }
