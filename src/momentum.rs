@@ -31,9 +31,6 @@ pub fn ema_update(target: &nn::VarStore, online: &nn::VarStore, tau: f64) {
                 continue;
             }
             assert_eq!(t.size(), o.size(), "ema_update: shapes of `{name}` differ");
-            // Not `lerp_`: its vectorised and scalar paths round
-            // differently, so its bits would depend on how the tensor is
-            // split over threads, and resuming must be bit-exact.
             t *= tau;
             t += o * (1.0 - tau);
         }
