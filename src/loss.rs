@@ -10,6 +10,37 @@ pub fn normalize_cells(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12) // [B, C, ...]
 }
 
+/// Checks that `p_a` `[B, C, H, W]`, `z_b` `[B, C, H', W']` and `mask`
+/// `[B, H*W, H'*W']` fit together (an error naming `loss` and every size
+/// otherwise), and returns both maps unit-normalised per cell and flattened
+/// to `[B, C, H*W]` and `[B, C, H'*W']`: what every pixel-pair loss starts
+/// from.
+pub(crate) fn unit_cells_of_pair(
+    loss: &str,
+    p_a: &Tensor,
+    z_b: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (sp, sz, sm) = (p_a.size(), z_b.size(), mask.size());
+    if sp.len() != 4 || sz.len() != 4 || sp[..2] != sz[..2] {
+        return Err(TchError::Shape(format!(
+            "{loss}: p_a {sp:?} and z_b {sz:?} must be [B, C, H, W] with the same B and C"
+        ))
+        .into());
+    }
+    let want = [sp[0], sp[2] * sp[3], sz[2] * sz[3]];
+    if sm != want {
+        return Err(TchError::Shape(format!(
+            "{loss}: mask is {sm:?}, expected {want:?} for p_a {sp:?} and z_b {sz:?}"
+        ))
+        .into());
+    }
+    let (b, c) = (sp[0], sp[1]);
+    let p = normalize_cells(p_a).reshape([b, c, -1]); // [B, C, HW]
+    let z = normalize_cells(z_b).reshape([b, c, -1]); // [B, C, H'W']
+    Ok((p, z))
+}
+
 /// `L(a->b) = -2 * mean_n [ sum_ij M_nij <p_a_ni, z_b_nj> / (sum_ij M_nij + 1e-6) ]`.
 ///
 /// - `p_a`: online prediction of view a, `[B, C, H, W]` (PPM output);
@@ -33,23 +64,7 @@ pub fn consistency_loss(p_a: &Tensor, z_b: &Tensor, mask: &Tensor) -> Tensor {
 /// [`consistency_loss`] returning `Error::Torch(TchError::Shape)` naming the
 /// mismatched sizes instead of panicking.
 pub fn f_consistency_loss(p_a: &Tensor, z_b: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (sp, sz, sm) = (p_a.size(), z_b.size(), mask.size());
-    if sp.len() != 4 || sz.len() != 4 || sp[..2] != sz[..2] {
-        return Err(TchError::Shape(format!(
-            "consistency_loss: p_a {sp:?} and z_b {sz:?} must be [B, C, H, W] with the same B and C"
-        ))
-        .into());
-    }
-    let want = [sp[0], sp[2] * sp[3], sz[2] * sz[3]];
-    if sm != want {
-        return Err(TchError::Shape(format!(
-            "consistency_loss: mask is {sm:?}, expected {want:?} for p_a {sp:?} and z_b {sz:?}"
-        ))
-        .into());
-    }
-    let (b, c) = (sp[0], sp[1]);
-    let p = normalize_cells(p_a).reshape([b, c, -1]); // [B, C, HW]
-    let z = normalize_cells(z_b).reshape([b, c, -1]); // [B, C, H'W']
+    let (p, z) = unit_cells_of_pair("consistency_loss", p_a, z_b, mask)?;
     let m = mask.to_kind(p.kind()); // [B, HW, H'W']
     let sim = p.transpose(1, 2).bmm(&z); // [B, HW, H'W']
     let agree = (sim * &m).sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>); // [B]

@@ -1,9 +1,9 @@
 //! PixContrast, the paper's pixel-level contrastive baseline (spec section
 //! 4): InfoNCE over the cells of two views, with the positives of PixPro's
 //! matching rule and every other cell of the other view a negative.
-use tch::{Kind, TchError, Tensor};
+use tch::{Kind, Tensor};
 
-use crate::loss::normalize_cells;
+use crate::loss::unit_cells_of_pair;
 use crate::Result;
 
 /// The paper's PixContrast temperature.
@@ -35,23 +35,7 @@ pub fn pixcontrast_loss(
     mask: &Tensor,
     temperature: f64,
 ) -> Result<Tensor> {
-    let (sp, sz, sm) = (p_a.size(), z_b.size(), mask.size());
-    if sp.len() != 4 || sz.len() != 4 || sp[..2] != sz[..2] {
-        return Err(TchError::Shape(format!(
-            "pixcontrast_loss: p_a {sp:?} and z_b {sz:?} must be [B, C, H, W] with the same B and C"
-        ))
-        .into());
-    }
-    let want = [sp[0], sp[2] * sp[3], sz[2] * sz[3]];
-    if sm != want {
-        return Err(TchError::Shape(format!(
-            "pixcontrast_loss: mask is {sm:?}, expected {want:?} for p_a {sp:?} and z_b {sz:?}"
-        ))
-        .into());
-    }
-    let (b, c) = (sp[0], sp[1]);
-    let p = normalize_cells(p_a).reshape([b, c, -1]); // [B, C, HW]
-    let z = normalize_cells(z_b).reshape([b, c, -1]); // [B, C, H'W']
+    let (p, z) = unit_cells_of_pair("pixcontrast_loss", p_a, z_b, mask)?;
     let logits = p.transpose(1, 2).bmm(&z) / temperature; // [B, HW, H'W']
     let positive = mask.gt(0.5); // [B, HW, H'W']
     let all = logits.logsumexp([2i64].as_slice(), false); // [B, HW]
