@@ -127,10 +127,7 @@ fn experiment(args: &ExperimentArgs) -> Result<()> {
         },
     )?;
     if !args.quiet {
-        let how = match &report.stopped_by {
-            Some(why) => format!("stopped ({why}); run the same command to continue"),
-            None => "finished".to_string(),
-        };
+        let how = outcome(&report.stopped_by);
         eprintln!(
             "{how}: ran {} jobs, {} were done before, {} left; {} and {}",
             report.ran,
@@ -855,6 +852,15 @@ fn diff_keys(a: &str, b: &str) -> Vec<String> {
     keys
 }
 
+/// The first words of a resumable command's last line: why it stopped
+/// early, and that the same command continues, or "finished".
+fn outcome(stopped_by: &Option<String>) -> String {
+    match stopped_by {
+        Some(why) => format!("stopped ({why}); run the same command to continue"),
+        None => "finished".to_string(),
+    }
+}
+
 fn pretrain(args: &PretrainArgs) -> Result<()> {
     let run = RunDir::new(&args.out);
     let resuming = run.can_resume();
@@ -883,10 +889,7 @@ fn pretrain(args: &PretrainArgs) -> Result<()> {
         &RunOptions { data: args.data.clone(), run, stop_at: args.stop_at, quiet: args.quiet },
     )?;
     if !args.quiet {
-        let how = match &summary.stopped_by {
-            Some(why) => format!("stopped ({why}); run the same command to continue"),
-            None => "finished".to_string(),
-        };
+        let how = outcome(&summary.stopped_by);
         eprintln!(
             "{how}: step {}/{}, loss {}, {:.1} img/s, data wait {:.1}%, {:.0} s; outputs in {}",
             summary.steps_done,
