@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::collective::Engine;
 use crate::lars::LarsConfig;
 use crate::model::ModelConfig;
 use crate::resnet::Arch;
@@ -17,6 +18,7 @@ pub struct Config {
     pub augment: AugmentConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
+    pub distributed: DistributedConfig,
 }
 
 /// LARS and the learning-rate schedule (spec section 6).
@@ -118,6 +120,26 @@ impl Default for TrainConfig {
     }
 }
 
+/// How the processes of a data-parallel run work together; used only when
+/// the launcher starts several (see docs/distributed.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// `"auto"` (NCCL on CUDA, Gloo on the CPU), `"gloo"` or `"nccl"`.
+    pub engine: Engine,
+    /// BatchNorm statistics over the global batch, as the reference.
+    pub sync_bn: bool,
+    /// Seconds a rank waits for the others (at start, and in any collective)
+    /// before it gives up with an error instead of hanging.
+    pub timeout_s: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        DistributedConfig { engine: Engine::Auto, sync_bn: true, timeout_s: 300.0 }
+    }
+}
+
 /// Named starting points; a config file or flags change them further.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -157,6 +179,7 @@ impl Default for Config {
             augment: AugmentConfig::default(),
             optim: OptimConfig::default(),
             train: TrainConfig::default(),
+            distributed: DistributedConfig::default(),
         }
     }
 }
@@ -255,6 +278,7 @@ impl Config {
         if t.max_bad_steps == 0 {
             return Err(Error::config("train.max_bad_steps", "must be at least 1"));
         }
+        positive("distributed.timeout_s", self.distributed.timeout_s)?;
         Ok(())
     }
 }

@@ -33,6 +33,10 @@ pub enum Error {
          run with a lower optim.lr_per_256 or a longer optim.warmup_epochs"
     )]
     Diverged { step: u64, bad_steps: u64, kept: String },
+    /// A data-parallel launch that is set up wrong, or a collective that
+    /// failed (a rank that died or hung past the timeout).
+    #[error("distributed run: {0}")]
+    Distributed(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -43,6 +47,9 @@ impl Error {
     }
     pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config { key: key.into(), reason: reason.into() }
+    }
+    pub fn distributed(reason: impl Into<String>) -> Self {
+        Error::Distributed(reason.into())
     }
     pub fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Data { path: path.into(), reason: reason.into() }

@@ -13,7 +13,9 @@
 pub mod backbone;
 pub mod bench;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
+pub mod data_parallel;
 pub mod dataset;
 pub mod error;
 pub mod experiment;
@@ -33,6 +35,7 @@ pub mod ppm;
 pub mod probe;
 pub mod resnet;
 pub mod schedule;
+pub mod syncbn;
 pub mod train;
 pub mod tuxseg;
 pub mod views;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use pixpro::collective::{self, Launch};
 use pixpro::config::{Config, DeviceChoice, Preset};
 use pixpro::model::Method;
 use pixpro::train::{self, RunDir, RunOptions};
@@ -872,7 +873,9 @@ fn pretrain(args: &PretrainArgs) -> Result<()> {
     }
     let cfg = if resuming { args.resumed_config(&run)? } else { args.requested_config()? };
     cfg.validate()?;
-    if !args.quiet {
+    // In a data-parallel run only rank 0 reports; the others train quietly.
+    let quiet = args.quiet || Launch::from_env()?.is_some_and(|l| l.rank != 0);
+    if !quiet {
         eprintln!(
             "pixpro pretrain: {} {} px, batch {}, {} -> {}{}",
             cfg.model.arch,
@@ -886,9 +889,9 @@ fn pretrain(args: &PretrainArgs) -> Result<()> {
     let started = Instant::now();
     let summary = train::pretrain(
         &cfg,
-        &RunOptions { data: args.data.clone(), run, stop_at: args.stop_at, quiet: args.quiet },
+        &RunOptions { data: args.data.clone(), run, stop_at: args.stop_at, quiet },
     )?;
-    if !args.quiet {
+    if !quiet {
         let how = outcome(&summary.stopped_by);
         eprintln!(
             "{how}: step {}/{}, loss {}, {:.1} img/s, data wait {:.1}%, {:.0} s; outputs in {}",
@@ -910,6 +913,10 @@ fn doctor() {
     println!("cuda available: {}", tch::Cuda::is_available());
     println!("cuda devices: {}", tch::Cuda::device_count());
     println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+    println!(
+        "collective engines: gloo{}",
+        if collective::nccl_compiled() { ", nccl" } else { " (built without nccl)" }
+    );
 }
 
 fn main() -> ExitCode {

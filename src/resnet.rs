@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+use crate::syncbn::{self, BnState};
 use crate::{Error, Result};
 
 /// The encoder architecture; TOML values `"resnet18"`, `"resnet34"`,
@@ -73,11 +74,14 @@ impl FromStr for Arch {
 /// running_var and the int64 `num_batches_tracked` counter, which tch's own
 /// batch norm lacks. The counter is only bookkeeping (the running averages use
 /// a fixed momentum 0.1), kept so that a saved store has exactly the keys
-/// PyTorch's `load_state_dict` expects.
+/// PyTorch's `load_state_dict` expects. In training mode it is synchronised
+/// over the ranks of a data-parallel run while [`syncbn`] has a group.
 #[derive(Debug)]
 pub struct BatchNorm2d {
     bn: nn::BatchNorm,
     num_batches_tracked: Tensor,
+    momentum: f64,
+    eps: f64,
 }
 
 /// A `BatchNorm2d` over `channels` whose weight starts at `weight` and bias at
@@ -91,7 +95,7 @@ pub fn batch_norm2d(p: &nn::Path, channels: i64, weight: f64) -> BatchNorm2d {
     let bn = nn::batch_norm2d(p, channels, cfg);
     let num_batches_tracked =
         p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false);
-    BatchNorm2d { bn, num_batches_tracked }
+    BatchNorm2d { bn, num_batches_tracked, momentum: cfg.momentum, eps: cfg.eps }
 }
 
 impl ModuleT for BatchNorm2d {
@@ -101,6 +105,17 @@ impl ModuleT for BatchNorm2d {
             tch::no_grad(|| {
                 count += 1i64;
             });
+            if let Some(group) = syncbn::group() {
+                let state = BnState {
+                    weight: self.bn.ws.as_ref(),
+                    bias: self.bn.bs.as_ref(),
+                    running_mean: &self.bn.running_mean,
+                    running_var: &self.bn.running_var,
+                    momentum: self.momentum,
+                    eps: self.eps,
+                };
+                return syncbn::batch_norm(xs, &state, &group);
+            }
         }
         xs.apply_t(&self.bn, train)
     }

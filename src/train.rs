@@ -10,20 +10,23 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, Meta, FORMAT_VERSION};
+use crate::collective::{Group, Launch};
 use crate::config::{Config, DeviceChoice};
+use crate::data_parallel;
 use crate::dataset::Dataset;
 use crate::lars::Lars;
 use crate::loader::{Batch, Loader, LoaderConfig};
 use crate::model::PixPro;
 use crate::momentum::momentum_at;
 use crate::schedule::LrSchedule;
+use crate::syncbn;
 use crate::{Error, Result};
 
 /// The files of one run.
@@ -192,6 +195,9 @@ pub struct StepStats {
     pub momentum: f64,
     pub target_std: f64,
     pub positive_fraction: f64,
+    /// Some rank asked to stop ([`Trainer::request_stop`]) before this step
+    /// ended: every rank sees it at the same step.
+    pub stop: bool,
 }
 
 /// The model, its optimiser and schedules: one PixPro step at a time.
@@ -205,8 +211,12 @@ pub struct Trainer {
     /// know whether the step is good (target parameters and buffers, online
     /// BN buffers), each with a buffer of its own shape to restore it from.
     undo: Vec<(Tensor, Tensor)>,
-    /// The trainable online parameters, whose gradients are checked.
+    /// The trainable online parameters in name order, whose gradients are
+    /// checked (and averaged over the ranks in that order).
     params: Vec<Tensor>,
+    /// The ranks of a data-parallel run, if this is one.
+    group: Option<Arc<Group>>,
+    stop_requested: bool,
     /// Steps taken so far, skipped ones included.
     pub step: u64,
     pub total_steps: u64,
@@ -214,10 +224,23 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(cfg: &Config, batches_per_epoch: usize, device: Device) -> Result<Trainer> {
+        Trainer::with_group(cfg, batches_per_epoch, device, None)
+    }
+
+    /// A trainer for one rank of a data-parallel run over `group` (one
+    /// process when `None`): the learning rate follows the global batch.
+    /// Call [`Trainer::sync_from_rank0`] once the state is loaded.
+    pub fn with_group(
+        cfg: &Config,
+        batches_per_epoch: usize,
+        device: Device,
+        group: Option<Arc<Group>>,
+    ) -> Result<Trainer> {
         tch::manual_seed(cfg.train.seed as i64);
         let model = PixPro::new(cfg.model.clone(), device)?;
         let opt = Lars::new(&model.online, cfg.optim.lars());
-        let schedule = lr_schedule(cfg, batches_per_epoch, 1);
+        let world = group.as_ref().map_or(1, |g| g.world_size());
+        let schedule = lr_schedule(cfg, batches_per_epoch, world);
         let undo = checkpoint::named(&model.target)
             .into_iter()
             .chain(checkpoint::named(&model.online).into_iter().filter(|(_, t)| !t.requires_grad()))
@@ -226,7 +249,11 @@ impl Trainer {
                 (t, saved)
             })
             .collect();
-        let params = model.online.trainable_variables();
+        let params = checkpoint::named(&model.online)
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(_, t)| t)
+            .collect();
         Ok(Trainer {
             model,
             opt,
@@ -235,6 +262,8 @@ impl Trainer {
             device,
             undo,
             params,
+            group,
+            stop_requested: false,
             step: 0,
             total_steps: schedule.total_steps,
         })
@@ -264,17 +293,40 @@ impl Trainer {
         self.model.momentum_update(tau);
         let out = self.model.forward_loss(&v1, &v2, &c1, &c2)?;
         self.opt.zero_grad();
-        out.loss.backward();
-        // One host sync for both checks.
-        let checks = Tensor::stack(
+        let backward = out.loss.f_backward();
+        if let Some(reason) = syncbn::take_failure() {
+            return Err(Error::distributed(reason));
+        }
+        let mut loss = out.loss.detach().to_kind(Kind::Float).reshape([1]);
+        let mut stop = Tensor::from_slice(&[f32::from(u8::from(self.stop_requested))]);
+        if let Some(group) = &self.group {
+            backward.map_err(|e| {
+                Error::distributed(format!(
+                    "rank {} of {}: the backward pass failed, most likely because another rank \
+                     stopped: {e}",
+                    group.rank(),
+                    group.world_size()
+                ))
+            })?;
+            // The ranks' losses and stop votes ride with the gradients.
+            let extras = Tensor::cat(&[loss, stop.to_device(self.device)], 0);
+            let sums = data_parallel::average_gradients(group, &self.params, &extras)?;
+            loss = sums.narrow(0, 0, 1) / group.world_size() as f64;
+            stop = sums.narrow(0, 1, 1);
+        } else {
+            backward?;
+        }
+        // One host sync for all checks.
+        let checks = Tensor::cat(
             &[
-                out.loss.detach().to_kind(Kind::Double),
-                grad_norm(&self.params).to_kind(Kind::Double),
+                loss.to_kind(Kind::Double),
+                grad_norm(&self.params).to_kind(Kind::Double).reshape([1]),
+                stop.to_device(self.device).to_kind(Kind::Double),
             ],
             0,
         );
         let checks = Vec::<f64>::try_from(&checks)?;
-        let (loss, grad_norm) = (checks[0], checks[1]);
+        let (loss, grad_norm, stop) = (checks[0], checks[1], checks[2] > 0.0);
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
         if skipped {
             tch::no_grad(|| {
@@ -295,7 +347,33 @@ impl Trainer {
             momentum: tau,
             target_std: out.target_std,
             positive_fraction: out.positive_fraction,
+            stop,
         })
+    }
+
+    /// Asks every rank to stop after the next step (see [`StepStats::stop`]).
+    pub fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    /// Makes every rank's state rank 0's: the networks, the optimiser, the
+    /// step counter and `skipped`. Nothing to do in a run of one process.
+    pub fn sync_from_rank0(&mut self, skipped: &mut u64) -> Result<()> {
+        let Some(group) = self.group.clone() else { return Ok(()) };
+        let counters =
+            Tensor::from_slice(&[self.step as i64, *skipped as i64]).to_device(self.device);
+        let state: Vec<Tensor> = checkpoint::named(&self.model.online)
+            .into_iter()
+            .chain(checkpoint::named(&self.model.target))
+            .chain(self.opt.state())
+            .map(|(_, t)| t)
+            .chain([counters.shallow_clone()])
+            .collect();
+        data_parallel::broadcast_from_rank0(&group, &state)?;
+        let counters = Vec::<i64>::try_from(&counters.to_device(Device::Cpu))?;
+        self.step = counters[0] as u64;
+        *skipped = counters[1] as u64;
+        Ok(())
     }
 
     /// Writes the state to `path`; refuses, keeping the file there, when a
@@ -399,31 +477,68 @@ pub fn pretrain_with_nan_batches(
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
-    let device = pick_device(cfg.train.device)?;
-    let loader = open_loader(cfg, &opts.data, tch::get_num_threads().max(1) as usize, device)?;
+    let launch = Launch::from_env()?;
+    let device = match (pick_device(cfg.train.device)?, &launch) {
+        (Device::Cuda(_), Some(l)) => Device::Cuda(l.local_rank),
+        (device, _) => device,
+    };
+    let group = match &launch {
+        Some(l) => {
+            let timeout = Duration::from_secs_f64(cfg.distributed.timeout_s);
+            Some(Arc::new(Group::connect(l, cfg.distributed.engine, device, timeout)?))
+        }
+        None => None,
+    };
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    // Only rank 0 writes: the run directory, the progress and the log lines.
+    let main = rank == 0;
+    let threads = tch::get_num_threads().max(1) as usize;
+    let loader = open_sharded_loader(cfg, &opts.data, threads, device, rank, world)?;
     let per_epoch = loader.batches_per_epoch() as u64;
-    let mut trainer = Trainer::new(cfg, per_epoch as usize, device)?;
+    let mut trainer = Trainer::with_group(cfg, per_epoch as usize, device, group.clone())?;
     let total = trainer.total_steps;
+    let _sync_bn =
+        group.as_ref().filter(|_| cfg.distributed.sync_bn).map(|g| syncbn::install(g.clone()));
+    if let Some(g) = &group {
+        if main {
+            tracing::info!(
+                "data-parallel run: {world} ranks on {}, global batch {} ({} per rank), SyncBN {}",
+                cfg.distributed.engine.resolve(device).name(),
+                cfg.train.batch_size * world,
+                cfg.train.batch_size,
+                if cfg.distributed.sync_bn { "on" } else { "off" },
+            );
+        }
+        tracing::debug!("rank {} of {} on {device:?}", g.rank(), g.world_size());
+    }
 
-    for dir in [run.checkpoints(), run.plots()] {
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
     let mut skipped = 0u64;
-    if run.can_resume() {
-        let meta = restore_newest(&mut trainer, run)?;
-        skipped = meta.skipped_steps;
-        // A run killed after its last checkpoint logged steps that will now
-        // run again; drop their lines so each step appears once.
-        truncate_metrics(&run.metrics(), trainer.step)?;
-        tracing::info!("resuming {} at step {} of {total}", run.root.display(), trainer.step);
+    if main {
+        for dir in [run.checkpoints(), run.plots()] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        if run.can_resume() {
+            let meta = restore_newest(&mut trainer, run)?;
+            skipped = meta.skipped_steps;
+            // A run killed after its last checkpoint logged steps that will
+            // now run again; drop their lines so each step appears once.
+            truncate_metrics(&run.metrics(), trainer.step)?;
+            tracing::info!("resuming {} at step {} of {total}", run.root.display(), trainer.step);
+        }
     }
+    trainer.sync_from_rank0(&mut skipped)?;
     let config_text = cfg.to_toml();
-    checkpoint::write_atomically(&run.config(), config_text.as_bytes())?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())
-        .map_err(|e| Error::io(run.metrics(), e))?;
+    let mut metrics = if main {
+        checkpoint::write_atomically(&run.config(), config_text.as_bytes())?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.metrics())
+            .map_err(|e| Error::io(run.metrics(), e))?;
+        Some(file)
+    } else {
+        None
+    };
 
     let stop_at = opts.stop_at.unwrap_or(total).min(total);
     let interrupted = interrupt_flag()?;
@@ -452,7 +567,7 @@ pub fn pretrain_with_nan_batches(
         Ok(())
     };
 
-    let bar = progress_bar(opts.quiet, trainer.step, stop_at);
+    let bar = progress_bar(opts.quiet || !main, trainer.step, stop_at);
     let start = trainer.step;
     let mut batches = loader.iter_from(start / per_epoch, (start % per_epoch) as usize);
     let mut window = Window::default();
@@ -496,8 +611,9 @@ pub fn pretrain_with_nan_batches(
             Some(stats.loss)
         };
         let elapsed = t0.elapsed().as_secs_f64();
-        window.add(elapsed, waited, batch.indices.len(), loss);
-        totals.add(elapsed, waited, batch.indices.len(), loss);
+        let images = batch.indices.len() * world;
+        window.add(elapsed, waited, images, loss);
+        totals.add(elapsed, waited, images, loss);
         if step % cfg.train.log_every == 0 || step == stop_at {
             let line = MetricsLine {
                 step,
@@ -513,9 +629,11 @@ pub fn pretrain_with_nan_batches(
                 replaced_images: replaced,
                 skipped_steps: skipped,
             };
-            let json = serde_json::to_string(&line).unwrap_or_default();
-            writeln!(metrics, "{json}").map_err(|e| Error::io(run.metrics(), e))?;
-            if bar.is_hidden() && !opts.quiet {
+            if let Some(metrics) = metrics.as_mut() {
+                let json = serde_json::to_string(&line).unwrap_or_default();
+                writeln!(metrics, "{json}").map_err(|e| Error::io(run.metrics(), e))?;
+            }
+            if bar.is_hidden() && !opts.quiet && main {
                 eprintln!(
                     "step {step}/{stop_at}  loss {:.4}  lr {:.4}  {:.1} img/s  data wait {:.0}%  target std {:.4}",
                     line.loss_avg,
@@ -542,19 +660,28 @@ pub fn pretrain_with_nan_batches(
         // weights are those from before it, but a streak can also mean the
         // last applied update already broke them.
         if step % cfg.train.checkpoint_every == 0 && streak == 0 {
-            save(&trainer, skipped)?;
+            if main {
+                save(&trainer, skipped)?;
+            }
             saved_step = step;
         }
+        // Every rank stops at the same step: a signal is a vote that the
+        // next step's all-reduce carries to the others.
         if interrupted.load(Ordering::Relaxed) {
+            trainer.request_stop();
+        }
+        if stats.stop || (group.is_none() && interrupted.load(Ordering::Relaxed)) {
             stopped_by = Some("interrupted by a signal".to_string());
             break;
         }
     }
     drop(batches);
-    if !diverged && saved_step != trainer.step {
+    if main && !diverged && saved_step != trainer.step {
         save(&trainer, skipped)?;
     }
-    draw_loss_plot(run);
+    if main {
+        draw_loss_plot(run);
+    }
     bar.finish_and_clear();
     if diverged {
         stopped_by = Some(format!(
@@ -579,8 +706,10 @@ pub fn pretrain_with_nan_batches(
         device: format!("{device:?}"),
         run_dir: run.root.clone(),
     };
-    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    checkpoint::write_atomically(&run.summary(), json.as_bytes())?;
+    if main {
+        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        checkpoint::write_atomically(&run.summary(), json.as_bytes())?;
+    }
     if diverged {
         let kept = if run.last_checkpoint().exists() {
             format!(
@@ -651,6 +780,19 @@ pub fn open_loader(
     torch_threads: usize,
     device: Device,
 ) -> Result<Loader> {
+    open_sharded_loader(cfg, data, torch_threads, device, 0, 1)
+}
+
+/// [`open_loader`] for rank `rank` of `world` processes: the global batch is
+/// `world` times the config's batch, and this rank gets its `rank`-th slice.
+pub fn open_sharded_loader(
+    cfg: &Config,
+    data: &std::path::Path,
+    torch_threads: usize,
+    device: Device,
+    rank: usize,
+    world: usize,
+) -> Result<Loader> {
     let workers =
         if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads, device) };
     let (dataset, report) = Dataset::scan(data)?;
@@ -667,12 +809,12 @@ pub fn open_loader(
         Arc::new(dataset),
         cfg.augment.clone(),
         LoaderConfig {
-            batch_size: cfg.train.batch_size,
+            batch_size: cfg.train.batch_size * world,
             workers,
             prefetch: cfg.train.prefetch,
             seed: cfg.train.seed,
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size: world,
         },
     )
 }

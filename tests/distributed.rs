@@ -1,0 +1,202 @@
+//! Data-parallel pretraining over Gloo on this machine: several `pixpro
+//! pretrain` processes started the way torchrun starts them.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{make_images, tensors};
+
+/// The tiny recipe with a batch of `batch` per process, 3 steps at the peak
+/// learning rate from the first step, so that the weights move visibly.
+fn config(dir: &Path, batch: usize, sync_bn: bool, steps: u64) -> PathBuf {
+    let path = dir.join(format!("config-{batch}-{sync_bn}-{steps}.toml"));
+    let text = format!(
+        r#"
+[model]
+arch = "resnet18"
+output_stride = 8
+proj_hidden = 32
+proj_dim = 16
+[augment]
+image_size = 32
+[optim]
+warmup_epochs = 0.0
+lr_per_256 = 4.0
+[train]
+batch_size = {batch}
+steps = {steps}
+workers = 1
+threads = 1
+log_every = 1
+checkpoint_every = 1000
+device = "cpu"
+[distributed]
+sync_bn = {sync_bn}
+timeout_s = 30.0
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `pixpro pretrain` as rank `rank` of `world` (no launch variables when
+/// `world` is 1).
+fn spawn(config: &Path, data: &Path, out: &Path, rank_world: Option<(usize, usize, u16)>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixpro"));
+    cmd.args(["pretrain", "--quiet", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some((rank, world, port)) = rank_world {
+        cmd.env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+fn finish(child: Child, what: &str) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn two_ranks(config: &Path, data: &Path, out: &Path) {
+    let port = free_port();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn(config, data, out, Some((r, 2, port)))).collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        finish(child, &format!("rank {r}"));
+    }
+}
+
+/// The largest `max|a - b| / max|b|` over the floating-point tensors of two
+/// checkpoints, with the name of the tensor where it is.
+fn worst_difference(a: &Path, b: &Path) -> (f64, String) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0.0, String::new());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        if !ta.is_floating_point() {
+            assert!(ta.equal(tb), "{na} differs");
+            continue;
+        }
+        // A bias right before a BatchNorm has a true gradient of 0 (the BN
+        // subtracts it again), so its momentum buffer is rounding noise.
+        if na.starts_with("optim/") && na.ends_with("linear1.bias") {
+            continue;
+        }
+        let scale = tb.abs().max().double_value(&[]).max(1e-6);
+        let diff = (ta - tb).abs().max().double_value(&[]) / scale;
+        if diff > worst.0 {
+            worst = (diff, na.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn two_processes_of_8_equal_one_process_of_16_with_sync_bn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 32);
+
+    let one = tmp.path().join("one");
+    finish(spawn(&config(tmp.path(), 16, true, 3), &data, &one, None), "one process");
+    let two = tmp.path().join("two");
+    two_ranks(&config(tmp.path(), 8, true, 3), &data, &two);
+    assert!(!two.join("metrics.jsonl").exists() || two.join("checkpoints").exists());
+    let last = |run: &Path| run.join("checkpoints/last.safetensors");
+    let (diff, name) = worst_difference(&last(&two), &last(&one));
+    assert!(diff < 1e-5, "2 x 8 differs from 1 x 16 by {diff:.2e} (relative) in {name}");
+
+    // The comparison can fail: without SyncBN each rank normalises its 8
+    // images alone, and the weights come out measurably different.
+    let unsynced = tmp.path().join("unsynced");
+    two_ranks(&config(tmp.path(), 8, false, 3), &data, &unsynced);
+    let (diff, name) = worst_difference(&last(&unsynced), &last(&one));
+    assert!(
+        diff > 1e-4,
+        "without SyncBN 2 x 8 should differ from 1 x 16, got {diff:.2e} in {name}"
+    );
+}
+
+#[test]
+fn resuming_with_another_world_size_continues_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 32);
+    let run = tmp.path().join("run");
+    let cfg = config(tmp.path(), 8, true, 4);
+    let first = Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["pretrain", "--quiet", "--stop-at", "2", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("WORLD_SIZE")
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    two_ranks(&cfg, &data, &run);
+    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4], "one line per step, across the change of world size");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["finished"], true);
+}
+
+#[test]
+fn a_rank_that_dies_makes_the_others_exit_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 32);
+    let run = tmp.path().join("run");
+    let cfg = config(tmp.path(), 8, true, 100_000);
+    let port = free_port();
+    let mut rank0 = spawn(&cfg, &data, &run, Some((0, 2, port)));
+    let mut rank1 = spawn(&cfg, &data, &run, Some((1, 2, port)));
+    // Wait until the two are training together, then kill rank 1 outright.
+    let started = Instant::now();
+    let metrics = run.join("metrics.jsonl");
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the ranks never got going");
+        assert!(rank0.try_wait().unwrap().is_none(), "rank 0 stopped before rank 1 was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = rank0.try_wait().unwrap() {
+            break status;
+        }
+        if killed.elapsed() > Duration::from_secs(90) {
+            rank0.kill().unwrap();
+            panic!("rank 0 still running 90 s after rank 1 died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(rank0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "rank 0 exited successfully after losing rank 1: {stderr}");
+    assert!(stderr.contains("distributed run: rank 0 of 2"), "unclear error: {stderr}");
+    eprintln!("rank 0 exited {:.1} s after rank 1 died", killed.elapsed().as_secs_f64());
+}
