@@ -22,6 +22,11 @@ python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$BIN" doctor || exit 1
 
+step "NCCL engine, a group of one (RANK=0 WORLD_SIZE=1): 20 steps of the cpu preset"
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+    "$BIN" pretrain --data "$DATA/pretrain" --out "$OUT/nccl-w1" --preset cpu --device cuda --steps 20 2>&1 | tee "$OUT/nccl-w1.txt"
+if grep -q "ranks on nccl" "$OUT/nccl-w1.txt" && grep -q "^finished" "$OUT/nccl-w1.txt"; then echo "nccl: ok"; else echo "nccl: FAILED"; fi
+
 step "bench: ResNet-50, 224 px, batch 64, fp32"
 "$BIN" bench --data "$DATA/pretrain" --preset paper-r50 --batch-size 64 --device cuda --steps 10 --json | tee "$OUT/bench-r50-224-b64.txt"
 step "bench: the cpu preset's recipe on the GPU"
