@@ -26,6 +26,7 @@ pub mod instance;
 pub mod lars;
 pub mod loader;
 pub mod loss;
+pub mod malloc;
 pub mod matching;
 pub mod model;
 pub mod momentum;

@@ -920,6 +920,7 @@ fn doctor() {
 }
 
 fn main() -> ExitCode {
+    pixpro::malloc::tune_for_tensors();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
