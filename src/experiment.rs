@@ -20,14 +20,17 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::Backbone;
 use crate::checkpoint::write_atomically;
 use crate::config::{toml_error, Config, Preset};
+use crate::model::Method;
 use crate::plots::{plot_bars, Bar, BarPanel};
 use crate::probe::{probe_into, ProbeConfig};
 use crate::train::{self, RunDir, RunOptions};
 use crate::{Error, Result};
 
 /// Every method a plan may name: `random` probes a randomly initialised
-/// backbone without pretraining; the others are `model.method` values.
-pub const METHODS: [&str; 5] = ["random", "byol", "pixcontrast", "pixpro", "pixpro+instance"];
+/// backbone without pretraining; the others are the `model.method` values.
+pub fn method_names() -> Vec<&'static str> {
+    std::iter::once("random").chain(Method::ALL.iter().map(|m| m.name())).collect()
+}
 
 /// The method whose knobs the ablations vary.
 const ABLATED_METHOD: &str = "pixpro";
@@ -241,12 +244,13 @@ impl Plan {
             j.id
         };
         let mut methods_seen = BTreeSet::new();
+        let known = method_names();
         for m in &file.methods {
-            if !METHODS.contains(&m.as_str()) {
+            if !known.contains(&m.as_str()) {
                 return Err(plan_error(
                     path,
                     "methods",
-                    format!("unknown method `{m}`; one of {}", METHODS.join(", ")),
+                    format!("unknown method `{m}`; one of {}", known.join(", ")),
                 ));
             }
             if !methods_seen.insert(m.as_str()) {

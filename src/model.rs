@@ -40,6 +40,9 @@ pub enum Method {
 }
 
 impl Method {
+    pub const ALL: [Method; 4] =
+        [Method::PixPro, Method::PixProInstance, Method::Byol, Method::PixContrast];
+
     pub fn name(self) -> &'static str {
         match self {
             Method::PixPro => "pixpro",
@@ -385,12 +388,9 @@ mod tests {
         m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap().loss.double_value(&[])
     }
 
-    const METHODS: [Method; 4] =
-        [Method::PixPro, Method::PixProInstance, Method::Byol, Method::PixContrast];
-
     #[test]
     fn every_online_parameter_gets_a_gradient_and_the_target_none() {
-        for method in METHODS {
+        for method in Method::ALL {
             gradients_reach_every_online_parameter(method);
         }
     }
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn method_names_round_trip_through_toml() {
-        for method in METHODS {
+        for method in Method::ALL {
             let cfg: ModelConfig = toml::from_str(&format!("method = \"{method}\"")).unwrap();
             assert_eq!(cfg.method, method);
         }
