@@ -494,9 +494,15 @@ fn gaussian_blur(px: &mut [f32], s: usize, sigma: f32) {
             for (p, &o) in padded.iter_mut().zip(&offsets) {
                 *p = row[o];
             }
+            // Tap by tap over the whole row, as the columns below: each
+            // output is independent, so the loop vectorises, where a dot
+            // product per pixel is a serial sum.
             let out = &mut tmp[y * s..(y + 1) * s];
-            for (x, o) in out.iter_mut().enumerate() {
-                *o = kernel.iter().zip(&padded[x..]).map(|(w, v)| w * v).sum();
+            out.fill(0.0);
+            for (k, &w) in kernel.iter().enumerate() {
+                for (o, v) in out.iter_mut().zip(&padded[k..k + s]) {
+                    *o += w * v;
+                }
             }
         }
         // Columns: accumulate whole rows so the inner loop runs along memory.
@@ -744,6 +750,34 @@ mod tests {
         let total: f32 = dot[..s * s].iter().sum();
         assert!((total - 1.0).abs() < 1e-4 && dot[16 * s + 16] < 0.2);
         assert!((dot[16 * s + 15] - dot[16 * s + 17]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn blur_equals_a_direct_2d_convolution_with_reflected_borders() {
+        let (s, sigma) = (11usize, 1.3f32);
+        let mut px: Vec<f32> = (0..3 * s * s).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
+        let input = px.clone();
+        gaussian_blur(&mut px, s, sigma);
+        let r = (3.0 * sigma).ceil() as isize;
+        let w: Vec<f32> =
+            (-r..=r).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+        let total: f32 = w.iter().sum();
+        for c in 0..3 {
+            for y in 0..s {
+                for x in 0..s {
+                    let mut want = 0.0;
+                    for (i, wy) in w.iter().enumerate() {
+                        for (j, wx) in w.iter().enumerate() {
+                            let sy = reflect(y as isize + i as isize - r, s);
+                            let sx = reflect(x as isize + j as isize - r, s);
+                            want += wy * wx / (total * total) * input[c * s * s + sy * s + sx];
+                        }
+                    }
+                    let got = px[c * s * s + y * s + x];
+                    assert!((got - want).abs() < 1e-5, "({c}, {y}, {x}): {got} != {want}");
+                }
+            }
+        }
     }
 
     #[test]
