@@ -375,17 +375,21 @@ fn adjust_saturation(px: &mut [f32], f: f32) {
 
 /// Rotates the hue in HSV by `shift` turns (torchvision `_rgb2hsv` /
 /// `_hsv2rgb`).
+///
+/// Written without branches (selects instead of `if` and `match`, floors by
+/// truncation of non-negative values) so that the loop vectorises on plain
+/// SSE2: per pixel it is the same arithmetic as the textbook form, which
+/// the tests keep as the reference.
 fn adjust_hue(px: &mut [f32], shift: f32) {
     let (r, g, b) = planes(px);
-    for i in 0..r.len() {
-        let (rv, gv, bv) = (r[i], g[i], b[i]);
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        let (rv, gv, bv) = (*r, *g, *b);
         let maxc = rv.max(gv).max(bv);
         let minc = rv.min(gv).min(bv);
         let chroma = maxc - minc;
-        if chroma <= 0.0 {
-            // Grey pixels have no hue to rotate.
-            continue;
-        }
+        // Grey pixels have no hue to rotate; their arithmetic below is
+        // NaN or infinite and is dropped by the last select.
+        let grey = chroma <= 0.0;
         let s = chroma / maxc;
         let rc = (maxc - rv) / chroma;
         let gc = (maxc - gv) / chroma;
@@ -397,25 +401,31 @@ fn adjust_hue(px: &mut [f32], shift: f32) {
         } else {
             4.0 + gc - rc
         };
-        let h = (h6 / 6.0 + shift).rem_euclid(1.0);
+        // rem_euclid(1.0): |x| < 2 here, so truncation is exact.
+        let x = h6 / 6.0 + shift;
+        let frac = x - (x as i32) as f32;
+        let h = if frac < 0.0 { frac + 1.0 } else { frac };
         let hi = h * 6.0;
-        let sector = hi.floor();
+        let sector = (hi as i32) as f32;
         let f = hi - sector;
+        // h can round up to 1.0, which is sector 0 again.
+        let sector = if sector >= 6.0 { sector - 6.0 } else { sector };
         let v = maxc;
         let p = (v * (1.0 - s)).clamp(0.0, 1.0);
         let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
         let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-        let (nr, ng, nb) = match sector as i32 % 6 {
-            0 => (v, t, p),
-            1 => (q, v, p),
-            2 => (p, v, t),
-            3 => (p, q, v),
-            4 => (t, p, v),
-            _ => (v, p, q),
+        let pick = |k: [f32; 6]| {
+            let mut out = k[5];
+            for (i, &value) in k.iter().enumerate().take(5).rev() {
+                out = if sector == i as f32 { value } else { out };
+            }
+            out
         };
-        r[i] = nr;
-        g[i] = ng;
-        b[i] = nb;
+        let (nr, ng, nb) =
+            (pick([v, q, p, p, t, v]), pick([t, v, v, q, p, p]), pick([p, p, t, v, v, q]));
+        *r = if grey { rv } else { nr };
+        *g = if grey { gv } else { ng };
+        *b = if grey { bv } else { nb };
     }
 }
 
@@ -736,6 +746,73 @@ mod tests {
         let mut px = vec![0.3, 0.3, 0.3];
         adjust_hue(&mut px, 0.25);
         assert_eq!(px, vec![0.3, 0.3, 0.3]);
+    }
+
+    /// The textbook form of `adjust_hue` (one pixel, with branches), which
+    /// the vectorisable one must equal.
+    fn hue_reference(rv: f32, gv: f32, bv: f32, shift: f32) -> (f32, f32, f32) {
+        let maxc = rv.max(gv).max(bv);
+        let minc = rv.min(gv).min(bv);
+        let chroma = maxc - minc;
+        if chroma <= 0.0 {
+            return (rv, gv, bv);
+        }
+        let s = chroma / maxc;
+        let rc = (maxc - rv) / chroma;
+        let gc = (maxc - gv) / chroma;
+        let bc = (maxc - bv) / chroma;
+        let h6 = if maxc == rv {
+            bc - gc
+        } else if maxc == gv {
+            2.0 + rc - bc
+        } else {
+            4.0 + gc - rc
+        };
+        let h = (h6 / 6.0 + shift).rem_euclid(1.0);
+        let hi = h * 6.0;
+        let sector = hi.floor();
+        let f = hi - sector;
+        let v = maxc;
+        let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+        match sector as i32 % 6 {
+            0 => (v, t, p),
+            1 => (q, v, p),
+            2 => (p, v, t),
+            3 => (p, q, v),
+            4 => (t, p, v),
+            _ => (v, p, q),
+        }
+    }
+
+    #[test]
+    fn hue_equals_the_textbook_form_bit_for_bit() {
+        let levels = [0.0f32, 0.05, 0.2, 0.37, 0.5, 0.81, 0.99, 1.0];
+        let mut colours = Vec::new();
+        for &r in &levels {
+            for &g in &levels {
+                for &b in &levels {
+                    colours.push((r, g, b));
+                }
+            }
+        }
+        for shift in [-0.5f32, -0.1, -0.03, 0.0, 0.02, 0.1, 1.0 / 3.0, 0.5] {
+            let n = colours.len();
+            let mut px = vec![0f32; 3 * n];
+            for (i, &(r, g, b)) in colours.iter().enumerate() {
+                (px[i], px[n + i], px[2 * n + i]) = (r, g, b);
+            }
+            adjust_hue(&mut px, shift);
+            for (i, &(r, g, b)) in colours.iter().enumerate() {
+                let got = (px[i], px[n + i], px[2 * n + i]);
+                assert_eq!(
+                    got,
+                    hue_reference(r, g, b, shift),
+                    "rgb ({r}, {g}, {b}), shift {shift}"
+                );
+            }
+        }
     }
 
     #[test]
