@@ -5,50 +5,54 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{make_images, tensors};
+use common::{make_images, tensors, TINY};
+use pixpro::config::Config;
 
-/// The tiny recipe with a batch of `batch` per process, 3 steps at the peak
-/// learning rate from the first step, so that the weights move visibly.
+/// The tiny recipe of the other end-to-end tests with a batch of `batch`
+/// per process, one libtorch thread, and the peak learning rate from the
+/// first step, so that the weights move visibly in 3 steps.
 fn config(dir: &Path, batch: usize, sync_bn: bool, steps: u64) -> PathBuf {
     let path = dir.join(format!("config-{batch}-{sync_bn}-{steps}.toml"));
-    let text = format!(
-        r#"
-[model]
-arch = "resnet18"
-output_stride = 8
-proj_hidden = 32
-proj_dim = 16
-[augment]
-image_size = 32
-[optim]
-warmup_epochs = 0.0
-lr_per_256 = 4.0
-[train]
-batch_size = {batch}
-steps = {steps}
-workers = 1
-threads = 1
-log_every = 1
-checkpoint_every = 1000
-device = "cpu"
-[distributed]
-sync_bn = {sync_bn}
-timeout_s = 30.0
-"#
-    );
-    std::fs::write(&path, text).unwrap();
+    let mut cfg = Config::from_toml_str(TINY, &Config::default()).unwrap();
+    cfg.optim.warmup_epochs = 0.0;
+    cfg.optim.lr_per_256 = 4.0;
+    cfg.train.batch_size = batch;
+    cfg.train.steps = steps;
+    cfg.train.workers = 1;
+    cfg.train.threads = 1;
+    cfg.train.checkpoint_every = 1000;
+    cfg.distributed.sync_bn = sync_bn;
+    cfg.distributed.timeout_s = 30.0;
+    std::fs::write(&path, cfg.to_toml()).unwrap();
     path
+}
+
+/// The steps of a run's metrics.jsonl, one per line.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect()
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `pixpro pretrain` as rank `rank` of `world` (no launch variables when
-/// `world` is 1).
-fn spawn(config: &Path, data: &Path, out: &Path, rank_world: Option<(usize, usize, u16)>) -> Child {
+/// `pixpro pretrain ... EXTRA` as rank `rank` of `world` on `port`, or
+/// with no launch variables for `None`.
+fn spawn(
+    config: &Path,
+    data: &Path,
+    out: &Path,
+    rank_world: Option<(usize, usize, u16)>,
+    extra: &[&str],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixpro"));
-    cmd.args(["pretrain", "--quiet", "--data"])
+    cmd.args(["pretrain", "--quiet"])
+        .args(extra)
+        .arg("--data")
         .arg(data)
         .arg("--out")
         .arg(out)
@@ -75,7 +79,8 @@ fn finish(child: Child, what: &str) {
 
 fn two_ranks(config: &Path, data: &Path, out: &Path) {
     let port = free_port();
-    let ranks: Vec<Child> = (0..2).map(|r| spawn(config, data, out, Some((r, 2, port)))).collect();
+    let ranks: Vec<Child> =
+        (0..2).map(|r| spawn(config, data, out, Some((r, 2, port)), &[])).collect();
     for (r, child) in ranks.into_iter().enumerate() {
         finish(child, &format!("rank {r}"));
     }
@@ -114,10 +119,10 @@ fn two_processes_of_8_equal_one_process_of_16_with_sync_bn() {
     make_images(&data, 32);
 
     let one = tmp.path().join("one");
-    finish(spawn(&config(tmp.path(), 16, true, 3), &data, &one, None), "one process");
+    finish(spawn(&config(tmp.path(), 16, true, 3), &data, &one, None, &[]), "one process");
     let two = tmp.path().join("two");
     two_ranks(&config(tmp.path(), 8, true, 3), &data, &two);
-    assert!(!two.join("metrics.jsonl").exists() || two.join("checkpoints").exists());
+    assert_eq!(logged_steps(&two), vec![1, 2, 3], "rank 0 alone writes the metrics");
     let last = |run: &Path| run.join("checkpoints/last.safetensors");
     let (diff, name) = worst_difference(&last(&two), &last(&one));
     assert!(diff < 1e-5, "2 x 8 differs from 1 x 16 by {diff:.2e} (relative) in {name}");
@@ -140,23 +145,9 @@ fn resuming_with_another_world_size_continues_the_run() {
     make_images(&data, 32);
     let run = tmp.path().join("run");
     let cfg = config(tmp.path(), 8, true, 4);
-    let first = Command::new(env!("CARGO_BIN_EXE_pixpro"))
-        .args(["pretrain", "--quiet", "--stop-at", "2", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(&cfg)
-        .env_remove("WORLD_SIZE")
-        .output()
-        .unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    finish(spawn(&cfg, &data, &run, None, &["--stop-at", "2"]), "the first 2 steps");
     two_ranks(&cfg, &data, &run);
-    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&run);
     assert_eq!(steps, vec![1, 2, 3, 4], "one line per step, across the change of world size");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
@@ -171,8 +162,8 @@ fn a_rank_that_dies_makes_the_others_exit_with_an_error() {
     let run = tmp.path().join("run");
     let cfg = config(tmp.path(), 8, true, 100_000);
     let port = free_port();
-    let mut rank0 = spawn(&cfg, &data, &run, Some((0, 2, port)));
-    let mut rank1 = spawn(&cfg, &data, &run, Some((1, 2, port)));
+    let mut rank0 = spawn(&cfg, &data, &run, Some((0, 2, port)), &[]);
+    let mut rank1 = spawn(&cfg, &data, &run, Some((1, 2, port)), &[]);
     // Wait until the two are training together, then kill rank 1 outright.
     let started = Instant::now();
     let metrics = run.join("metrics.jsonl");
