@@ -1,5 +1,6 @@
 //! Link libtorch so that CUDA is found at run time, remember where it is, and
-//! compile the collective engines of `src/collective.rs` against it.
+//! compile the C++ parts against it: the collective engines of
+//! `src/collective.rs` and the CPU/CUDA autocast of `src/precision.rs`.
 //!
 //! Without `--no-as-needed` the linker drops `libtorch.so` (nothing references
 //! it directly) and with it `libtorch_cuda.so`, so `tch::Cuda::is_available()`
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/collective.cpp");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     let lib_dir = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys names libtorch's lib folder in DEP_TCH_LIBTORCH_LIB"),
@@ -17,16 +19,17 @@ fn main() {
     // Canonical: `.libtorch` is a link into site-packages, beside `nvidia/`.
     let root = lib_dir.parent().expect("libtorch's lib folder has a parent");
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    compile_collectives(&root);
+    compile_csrc(&root);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");
 }
 
-/// libtorch's c10d process groups: Gloo always (its headers come from
-/// Debian's libgloo-dev; the library is inside libtorch_cpu), NCCL when the
-/// CUDA and NCCL headers of the torch wheel's `nvidia` packages are there.
-fn compile_collectives(root: &Path) {
+/// `csrc/`: autocast, and libtorch's c10d process groups: Gloo always (its
+/// headers come from Debian's libgloo-dev; the library is inside
+/// libtorch_cpu), NCCL when the CUDA and NCCL headers of the torch wheel's
+/// `nvidia` packages are there.
+fn compile_csrc(root: &Path) {
     if !Path::new("/usr/include/gloo/context.h").exists() {
         panic!(
             "the Gloo headers are missing (/usr/include/gloo/context.h): run scripts/setup, or \
@@ -38,6 +41,7 @@ fn compile_collectives(root: &Path) {
     build
         .cpp(true)
         .file("csrc/collective.cpp")
+        .file("csrc/autocast.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -63,7 +67,7 @@ fn compile_collectives(root: &Path) {
             root.display()
         ),
     }
-    build.compile("pixpro_collective");
+    build.compile("pixpro_csrc");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
 }

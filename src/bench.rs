@@ -17,6 +17,8 @@ pub struct BenchReport {
     pub image_size: u32,
     pub batch_size: usize,
     pub output_stride: u32,
+    /// `fp32` or `bf16` (the forward passes' arithmetic).
+    pub precision: &'static str,
     pub device: String,
     pub torch_threads: i32,
     pub workers: usize,
@@ -147,6 +149,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
         image_size: cfg.augment.image_size,
         batch_size: cfg.train.batch_size,
         output_stride: cfg.model.output_stride,
+        precision: cfg.train.precision.name(),
         device: format!("{device:?}"),
         torch_threads,
         workers,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::collective::Engine;
 use crate::lars::LarsConfig;
 use crate::model::ModelConfig;
+use crate::precision::Precision;
 use crate::resnet::Arch;
 use crate::views::AugmentConfig;
 use crate::{Error, Result};
@@ -96,6 +97,9 @@ pub struct TrainConfig {
     /// Append a line to metrics.jsonl every N steps.
     pub log_every: u64,
     pub device: DeviceChoice,
+    /// `"fp32"` or `"bf16"`: bfloat16 autocast for the encoders' and
+    /// projectors' forward passes (see `precision`). fp32 unless asked for.
+    pub precision: Precision,
     /// Stop the run after this many consecutive steps skipped for a
     /// non-finite loss or gradient (a single bad batch is skipped and the
     /// run goes on; a long streak means the run has diverged).
@@ -115,6 +119,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             log_every: 10,
             device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
             max_bad_steps: 20,
         }
     }
@@ -344,6 +349,19 @@ mod tests {
         let c = Config::from_toml_str("[train]\nbatch_size = 16\n", &Preset::Cpu.config()).unwrap();
         assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.model.arch, Arch::ResNet18);
+    }
+
+    #[test]
+    fn precision_is_fp32_unless_asked_and_bad_values_list_the_choices() {
+        for preset in [Preset::Cpu, Preset::PaperR50] {
+            assert_eq!(preset.config().train.precision, Precision::Fp32);
+        }
+        let c = Config::from_toml_str("[train]\nprecision = \"bf16\"\n", &Config::default());
+        assert_eq!(c.unwrap().train.precision, Precision::Bf16);
+        let err = Config::from_toml_str("[train]\nprecision = \"fp16\"\n", &Config::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod momentum;
 pub mod pixcontrast;
 pub mod plots;
 pub mod ppm;
+pub mod precision;
 pub mod probe;
 pub mod resnet;
 pub mod schedule;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pixpro::collective::{self, Launch};
 use pixpro::config::{Config, DeviceChoice, Preset};
+use pixpro::precision::Precision;
 use pixpro::model::Method;
 use pixpro::train::{self, RunDir, RunOptions};
 
@@ -602,6 +603,9 @@ struct BenchArgs {
     threads: Option<usize>,
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Arithmetic of the networks' forward passes [default: the config's, fp32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// End with one JSON line (images_per_sec, peak_rss_mb, data_wait_fraction, ...).
     #[arg(long)]
     json: bool,
@@ -637,6 +641,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     if let Some(d) = args.device {
         cfg.train.device = d.into();
     }
+    if let Some(p) = args.precision {
+        cfg.train.precision = p;
+    }
     if args.data_only {
         let r = pixpro::bench::data_only(&cfg, &args.data, args.steps)?;
         println!(
@@ -655,8 +662,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     let r = pixpro::bench::run(&cfg, &args.data, args.warmup, args.steps)?;
     println!(
-        "{} {} px, batch {}, output stride {}, {} ({} torch threads, {} loader workers)",
-        r.arch, r.image_size, r.batch_size, r.output_stride, r.device, r.torch_threads, r.workers
+        "{} {} px, batch {}, output stride {}, {}, {} ({} torch threads, {} loader workers)",
+        r.arch,
+        r.image_size,
+        r.batch_size,
+        r.output_stride,
+        r.precision,
+        r.device,
+        r.torch_threads,
+        r.workers
     );
     println!(
         "train: {:.2} img/s (median step {:.1} ms, min {:.1}, max {:.1}, {} steps); data wait {:.1}% of step time",
@@ -706,6 +720,10 @@ struct PretrainArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Arithmetic of the networks' forward passes: fp32, or bf16 autocast
+    /// (faster where the CPU or GPU has bfloat16 units) [default: fp32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Loader threads [default: the cores libtorch leaves free, at least 1].
     #[arg(long)]
     workers: Option<usize>,
@@ -760,6 +778,9 @@ impl PretrainArgs {
         }
         if let Some(s) = self.seed {
             cfg.train.seed = s;
+        }
+        if let Some(p) = self.precision {
+            cfg.train.precision = p;
         }
     }
 

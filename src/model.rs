@@ -3,7 +3,7 @@
 //! 3-5). PixPro is the default; the paper's baselines share everything but
 //! the heads and the loss.
 use serde::{Deserialize, Serialize};
-use tch::nn;
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::heads::{projector, ConvMlp};
@@ -12,6 +12,7 @@ use crate::loss::{f_consistency_loss, normalize_cells};
 use crate::matching::positive_mask;
 use crate::momentum::ema_update;
 use crate::pixcontrast::{pixcontrast_loss, TEMPERATURE};
+use crate::precision::{self, Precision};
 use crate::ppm::{ppm, Ppm};
 use crate::resnet::{resnet, Arch, ResNet};
 use crate::{Error, Result};
@@ -196,6 +197,9 @@ pub struct PixPro {
     target_encoder: ResNet,
     pixel: Option<PixelHeads>,
     instance: Option<(InstanceHeads, InstanceHeads)>,
+    /// The arithmetic of the encoders' and projectors' forward passes in
+    /// [`PixPro::forward_loss`] (float32 unless set).
+    pub precision: Precision,
 }
 
 fn check_views(view1: &Tensor, view2: &Tensor, coords1: &Tensor, coords2: &Tensor) -> Result<()> {
@@ -256,7 +260,16 @@ impl PixPro {
         });
         target.copy(&online)?;
         target.freeze();
-        Ok(PixPro { cfg, online, target, encoder, target_encoder, pixel, instance })
+        Ok(PixPro {
+            cfg,
+            online,
+            target,
+            encoder,
+            target_encoder,
+            pixel,
+            instance,
+            precision: Precision::Fp32,
+        })
     }
 
     /// The online encoder (what transfer keeps).
@@ -282,13 +295,16 @@ impl PixPro {
         coords2: &Tensor,
     ) -> Result<StepOutput> {
         check_views(view1, view2, coords1, coords2)?;
-        let f1 = view1.apply_t(&self.encoder, true); // [B, C, h, w]
-        let f2 = view2.apply_t(&self.encoder, true); // [B, C, h, w]
+        let device = view1.device();
+        let net = |x: &Tensor, layer: &dyn ModuleT| {
+            precision::run(self.precision, device, || layer.forward_t(x, true))
+        };
+        let f1 = net(view1, &self.encoder); // [B, C, h, w]
+        let f2 = net(view2, &self.encoder); // [B, C, h, w]
         let (t1, t2) = tch::no_grad(|| {
-            (view1.apply_t(&self.target_encoder, true), view2.apply_t(&self.target_encoder, true))
+            (net(view1, &self.target_encoder), net(view2, &self.target_encoder))
         }); // [B, C, h, w] each
         let (_, _, h, w) = f1.size4()?;
-        let device = f1.device();
         let m12 = positive_mask(
             &coords1.to_device(device),
             &coords2.to_device(device),
@@ -305,10 +321,10 @@ impl PixPro {
         let mut terms: Vec<Tensor> = Vec::with_capacity(2);
         let mut target_std = None;
         if let Some(px) = &self.pixel {
-            let p1 = f1.apply_t(&px.projector, true); // [B, D, h, w]
-            let p2 = f2.apply_t(&px.projector, true); // [B, D, h, w]
+            let p1 = net(&f1, &px.projector); // [B, D, h, w]
+            let p2 = net(&f2, &px.projector); // [B, D, h, w]
             let (z1, z2) = tch::no_grad(|| {
-                let z = |t: &Tensor| normalize_cells(&t.apply_t(&px.target_projector, true));
+                let z = |t: &Tensor| normalize_cells(&net(t, &px.target_projector));
                 (z(&t1), z(&t2))
             }); // [B, D, h, w] each
             terms.push(match &px.ppm {
@@ -386,6 +402,47 @@ mod tests {
 
     fn loss_value(m: &PixPro, b: &(Tensor, Tensor, Tensor, Tensor)) -> f64 {
         m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap().loss.double_value(&[])
+    }
+
+    #[test]
+    fn bf16_loss_and_gradients_are_float32_and_near_fp32() {
+        let b = batch();
+        let grads = |precision: Precision| {
+            let mut m = small(1);
+            m.precision = precision;
+            let out = m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap();
+            assert_eq!(out.loss.kind(), Kind::Float);
+            out.loss.backward();
+            let mut g: Vec<(String, Tensor)> = m
+                .online
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .map(|(k, t)| (k, t.grad()))
+                .collect();
+            g.sort_by(|a, b| a.0.cmp(&b.0));
+            (out.loss.double_value(&[]), g)
+        };
+        let (l32, g32) = grads(Precision::Fp32);
+        let (l16, g16) = grads(Precision::Bf16);
+        assert!(l16 != l32, "bf16 gave fp32's loss exactly: autocast had no effect");
+        assert!((l16 - l32).abs() < 0.02 * l32.abs().max(1.0), "loss {l16} vs fp32 {l32}");
+        // Parameters whose gradient is zero or nearly so in fp32 (residual
+        // branches behind a zero-initialised BN, a bias feeding a BN) carry
+        // only rounding noise; the rest must point the same way.
+        let norm = |t: &Tensor| t.norm().double_value(&[]);
+        let largest = g32.iter().map(|(_, t)| norm(t)).fold(0.0, f64::max);
+        let mut checked = 0;
+        for ((k, a), (_, b)) in g32.iter().zip(&g16) {
+            assert_eq!(b.kind(), Kind::Float, "{k}");
+            if norm(a) < 1e-2 * largest {
+                continue;
+            }
+            let cos = (a * b).sum(Kind::Double).double_value(&[]) / (norm(a) * norm(b));
+            assert!(cos > 0.95, "{k}: bf16 gradient at cosine {cos} to fp32's");
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} parameters with a sizeable gradient");
     }
 
     #[test]

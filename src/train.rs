@@ -237,7 +237,8 @@ impl Trainer {
         group: Option<Arc<Group>>,
     ) -> Result<Trainer> {
         tch::manual_seed(cfg.train.seed as i64);
-        let model = PixPro::new(cfg.model.clone(), device)?;
+        let mut model = PixPro::new(cfg.model.clone(), device)?;
+        model.precision = cfg.train.precision;
         let opt = Lars::new(&model.online, cfg.optim.lars());
         let world = group.as_ref().map_or(1, |g| g.world_size());
         let schedule = lr_schedule(cfg, batches_per_epoch, world);
