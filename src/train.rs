@@ -131,16 +131,27 @@ struct MetricsLine {
     skipped_steps: u64,
 }
 
+/// The device `choice` names, or an error when it is CUDA and libtorch sees
+/// none. Picking CUDA also turns on cuDNN's benchmark mode.
 pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::config(
-            "train.device",
-            "cuda was asked for but libtorch sees no CUDA device (use --device cpu, or check the driver)",
-        )),
+    let device = match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+        DeviceChoice::Cuda => {
+            return Err(Error::config(
+                "train.device",
+                "cuda was asked for but libtorch sees no CUDA device (use --device cpu, or check \
+                 the driver)",
+            ))
+        }
+    };
+    if device.is_cuda() {
+        // Every step has the same shapes, so cuDNN's one-off search for the
+        // fastest convolution algorithms pays for itself.
+        tch::Cuda::cudnn_set_benchmark(true);
     }
+    Ok(device)
 }
 
 /// Loader threads. On the CPU, what libtorch's intra-op threads leave of
@@ -155,10 +166,19 @@ pub fn auto_workers(torch_threads: usize, device: Device) -> usize {
 fn batch_tensors(b: &Batch, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
     let n = b.indices.len() as i64;
     let s = b.image_size as i64;
-    let pixels = |v: &[f32]| Tensor::from_slice(v).view([n, 3, s, s]).to_device(device);
+    // To a GPU through pinned memory and an asynchronous copy, so that the
+    // host goes on queueing the step's kernels while the batch crosses.
+    let upload = |t: Tensor| {
+        if device.is_cuda() {
+            t.pin_memory(device).to_device_(device, Kind::Float, true, false)
+        } else {
+            t
+        }
+    };
+    let pixels = |v: &[f32]| upload(Tensor::from_slice(v).view([n, 3, s, s]));
     let coords = |c: &[[f32; 4]]| {
         let flat: Vec<f32> = c.iter().flatten().copied().collect();
-        Tensor::from_slice(&flat).view([n, 4]).to_device(device)
+        upload(Tensor::from_slice(&flat).view([n, 4]))
     };
     (pixels(&b.view1), pixels(&b.view2), coords(&b.coords1), coords(&b.coords2))
 }
