@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Times the reference PyTorch PixPro (zdaxie/PixPro) on the CPU, in one
-process: its training step, or its data pipeline alone.
+process: its training step, its networks alone, or its data pipeline
+alone.
 
 Run by scripts/compare-reference with a Python that has torch, torchvision
 and Pillow; standalone use:
@@ -17,7 +18,11 @@ written to the checkout:
 - its BatchNorm layers stay BatchNorm instead of becoming SyncBatchNorm:
   torch refuses SyncBatchNorm on CPU tensors, and with one rank it computes
   plain BatchNorm anyway;
-- no .cuda(), no apex: fp32 (`--amp-opt-level O0`);
+- no apex: fp32 (`--amp-opt-level O0`), or with --precision bf16 the
+  forward pass under torch.autocast(bfloat16), today's form of the apex O1
+  mixed precision the paper's runs used; with --device cuda the model is
+  moved as main_pretrain.py moves it, without --device cuda it stays on the
+  CPU;
 - pycocotools is replaced by an empty module when it is not installed: the
   reference imports it for COCO annotation files, which a folder of images
   does not use;
@@ -57,7 +62,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", required=True, help="checkout of zdaxie/PixPro")
     p.add_argument("--data", required=True, help="folder of images, searched recursively")
-    p.add_argument("--mode", choices=["train", "data"], default="train")
+    p.add_argument("--mode", choices=["train", "networks", "data"], default="train")
     p.add_argument("--arch", choices=["resnet50", "resnet18"], default="resnet50")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=16)
@@ -68,7 +73,26 @@ def parse_args():
     p.add_argument("--steps", type=int, default=5, help="timed steps, or timed batches in data mode")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the reference's own GPU set-up (model.cuda(), NCCL, cudnn.benchmark, "
+                        "non-blocking copies from its pinned-memory loader)")
+    p.add_argument("--pixpro-malloc", action="store_true",
+                   help="glibc malloc set as pixpro's src/malloc.rs sets it (for networks mode's floor)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the forward pass under torch.autocast with bfloat16 (train mode)")
     return p.parse_args()
+
+
+def pixpro_malloc():
+    """pixpro's allocator settings (src/malloc.rs): no mmap below 32 MiB,
+    freed memory kept, the heap grown 512 MiB at a time."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    for param, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 512 << 20)):
+        if libc.mallopt(param, value) != 1:
+            sys.exit(f"mallopt({param}, {value}) failed")
 
 
 def peak_rss_mb():
@@ -189,7 +213,11 @@ def build(a, data_dir):
     params = add_weight_decay(model, args.weight_decay)
     lr = args.batch_size * dist.get_world_size() / 256 * args.base_learning_rate
     optimizer = LARS(torch.optim.SGD(params, lr=lr, momentum=args.momentum))
-    model = DistributedDataParallel(model, broadcast_buffers=False)
+    if a.device == "cuda":
+        model = model.cuda()
+        model = DistributedDataParallel(model, device_ids=[0], broadcast_buffers=False)
+    else:
+        model = DistributedDataParallel(model, broadcast_buffers=False)
     scheduler = get_scheduler(optimizer, len(loader), args)
     return model, optimizer, scheduler, loader
 
@@ -210,8 +238,11 @@ def train(a, data_dir):
         t0 = time.perf_counter()
         data = next(batches)
         t1 = time.perf_counter()
-        # main_pretrain.train's step, without .cuda() and amp.
-        loss = model(data[0], data[1], data[2], data[3])
+        # main_pretrain.train's step, with torch.autocast in place of apex.
+        if a.device == "cuda":
+            data = [item.cuda(non_blocking=True) for item in data]
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = model(data[0], data[1], data[2], data[3])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -233,9 +264,54 @@ def train(a, data_dir):
         "torch_threads": torch.get_num_threads(),
         "workers": a.workers,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None,
         # DataLoader workers are processes of their own; the largest one's
         # peak (much of it pages shared with this process).
         "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
+    }
+
+
+def networks_alone(a, data_dir):
+    """The part of the reference's step that is its networks' arithmetic:
+    the online encoder and projector, forward and backward, on both views
+    and the target encoder and projector, forward, on both, on real batches,
+    with no PPM, loss, optimiser, momentum update or loader in the timed
+    part. Any implementation that runs the same convolutions and BatchNorms
+    through torch's kernels needs at least this long per step."""
+    import torch
+
+    model, _, _, loader = build(a, data_dir)
+    model.train()
+    net = model.module
+    batches = endless(loader)
+    held = [[t.to(a.device) for t in next(batches)[:2]] for _ in range(min(a.warmup + a.steps, 4))]
+    # Stops the loader's worker processes before timing.
+    del batches
+    times = []
+    for i in range(a.warmup + a.steps):
+        im1, im2 = held[i % len(held)]
+        t0 = time.perf_counter()
+        net.zero_grad(set_to_none=True)
+        p1 = net.projector(net.encoder(im1))
+        p2 = net.projector(net.encoder(im2))
+        (p1.sum() + p2.sum()).backward()
+        with torch.no_grad():
+            net.projector_k(net.encoder_k(im1))
+            net.projector_k(net.encoder_k(im2))
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        if i >= a.warmup:
+            times.append(t1 - t0)
+    times_ms = [1e3 * t for t in times]
+    median = statistics.median(times_ms)
+    return {
+        "images_per_sec": a.batch_size / (median / 1e3),
+        "step_ms_median": median,
+        "step_ms_min": min(times_ms),
+        "step_ms_max": max(times_ms),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -276,6 +352,8 @@ def data_alone(a, data_dir):
 
 def main():
     a = parse_args()
+    if a.pixpro_malloc:
+        pixpro_malloc()
     ref = os.path.abspath(a.ref)
     if not os.path.isfile(os.path.join(ref, "contrast", "models", "PixPro.py")):
         sys.exit(f"{ref} is not a checkout of zdaxie/PixPro (no contrast/models/PixPro.py)")
@@ -292,12 +370,15 @@ def main():
     torch.manual_seed(a.seed)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    dist.init_process_group(backend="gloo", rank=0, world_size=1)
+    if a.device == "cuda":
+        torch.cuda.set_device(0)
+        torch.backends.cudnn.benchmark = True
+    dist.init_process_group(backend="nccl" if a.device == "cuda" else "gloo", rank=0, world_size=1)
 
     with tempfile.TemporaryDirectory(prefix="pixpro-ref-") as tmp:
         os.makedirs(os.path.join(tmp, "train"))
         os.symlink(os.path.abspath(a.data), os.path.join(tmp, "train", "images"))
-        report = train(a, tmp) if a.mode == "train" else data_alone(a, tmp)
+        report = {"train": train, "networks": networks_alone, "data": data_alone}[a.mode](a, tmp)
     dist.destroy_process_group()
     report.update(
         implementation="reference",
@@ -306,6 +387,9 @@ def main():
         image_size=a.image_size,
         batch_size=a.batch_size,
         output_stride=a.output_stride,
+        device=a.device,
+        precision=a.precision,
+        pixpro_malloc=a.pixpro_malloc,
         steps=a.steps,
         torch_version=torch.__version__,
     )
