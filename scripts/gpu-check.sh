@@ -9,6 +9,10 @@
 # folder made by `pixpro data tuxseg`; SEEDS: default "0 1 2". Writes logs,
 # bench JSON and each seed's probe results under OUT_DIR, and everything in
 # OUT_DIR/results.tar.gz.
+#
+# With REF=PATH set to a checkout of zdaxie/PixPro (and torchvision importable
+# by python3), the ResNet-50 benchmark also runs the reference on the same GPU
+# through scripts/reference_bench.py, interleaved, in fp32 and in bf16.
 set -uo pipefail
 BIN=$1 DATA=$2 OUT=$3 SEEDS=${4:-0 1 2}
 mkdir -p "$OUT"
@@ -27,10 +31,21 @@ RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
     "$BIN" pretrain --data "$DATA/pretrain" --out "$OUT/nccl-w1" --preset cpu --device cuda --steps 20 2>&1 | tee "$OUT/nccl-w1.txt"
 if grep -q "ranks on nccl" "$OUT/nccl-w1.txt" && grep -q "^finished" "$OUT/nccl-w1.txt"; then echo "nccl: ok"; else echo "nccl: FAILED"; fi
 
-step "bench: ResNet-50, 224 px, batch 64, fp32"
-"$BIN" bench --data "$DATA/pretrain" --preset paper-r50 --batch-size 64 --device cuda --steps 10 --json | tee "$OUT/bench-r50-224-b64.txt"
-step "bench: the cpu preset's recipe on the GPU"
+HERE=$(cd "$(dirname "$0")" && pwd)
+for prec in fp32 bf16; do
+    step "bench: ResNet-50, 224 px, batch 64, $prec"
+    "$BIN" bench --data "$DATA/pretrain" --preset paper-r50 --batch-size 64 --device cuda --workers 12 \
+        --precision "$prec" --steps 10 --json | tee "$OUT/bench-r50-224-b64-$prec.txt"
+    if [ -n "${REF:-}" ]; then
+        step "reference: ResNet-50, 224 px, batch 64, $prec"
+        python3 "$HERE/reference_bench.py" --ref "$REF" --data "$DATA/pretrain" --mode train --device cuda \
+            --precision "$prec" --arch resnet50 --image-size 224 --batch-size 64 --workers 12 \
+            --steps 10 --warmup 3 | tee "$OUT/reference-r50-224-b64-$prec.txt"
+    fi
+done
+step "bench: the cpu preset's recipe on the GPU, fp32 and bf16"
 "$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --steps 20 --json | tee "$OUT/bench-cpu-preset.txt"
+"$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --precision bf16 --steps 20 --json | tee "$OUT/bench-cpu-preset-bf16.txt"
 
 for s in $SEEDS; do
     step "demo seed $s: pretrain (cpu preset) + probe vs random init"
@@ -38,5 +53,7 @@ for s in $SEEDS; do
 done
 
 step summary
+grep -h '^train:' "$OUT"/bench-*.txt
+grep -h 'images_per_sec' "$OUT"/reference-*.txt 2>/dev/null
 grep -h 'TuxSeg val mIoU' "$OUT"/demo-s*.txt
 tar czf "$OUT/results.tar.gz" -C "$OUT" --exclude='*.safetensors' --exclude=results.tar.gz .
