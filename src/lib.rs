@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: files -> [`dataset`] -> [`views`] (two crops and their
 //! coordinates) -> [`loader`] (batches) -> [`model`] ([`resnet`], [`heads`],
-//! [`ppm`]) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
+//! [`ppm`]; [`precision`] for bf16) -> [`matching`] + [`loss`] -> [`lars`], [`schedule`] and
 //! [`momentum`] -> [`checkpoint`] and metrics, driven by [`train`] and timed
 //! by [`bench`]; [`config`] holds the one typed configuration.
 // Anything a user controls (files, configs, checkpoints) fails with an
