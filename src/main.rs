@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pixpro::collective::{self, Launch};
 use pixpro::config::{Config, DeviceChoice, Preset};
-use pixpro::precision::Precision;
 use pixpro::model::Method;
+use pixpro::precision::Precision;
 use pixpro::train::{self, RunDir, RunOptions};
 
 #[derive(Parser)]

@@ -12,8 +12,8 @@ use crate::loss::{f_consistency_loss, normalize_cells};
 use crate::matching::positive_mask;
 use crate::momentum::ema_update;
 use crate::pixcontrast::{pixcontrast_loss, TEMPERATURE};
-use crate::precision::{self, Precision};
 use crate::ppm::{ppm, Ppm};
+use crate::precision::{self, Precision};
 use crate::resnet::{resnet, Arch, ResNet};
 use crate::{Error, Result};
 
@@ -301,9 +301,8 @@ impl PixPro {
         };
         let f1 = net(view1, &self.encoder); // [B, C, h, w]
         let f2 = net(view2, &self.encoder); // [B, C, h, w]
-        let (t1, t2) = tch::no_grad(|| {
-            (net(view1, &self.target_encoder), net(view2, &self.target_encoder))
-        }); // [B, C, h, w] each
+        let target = |x: &Tensor| tch::no_grad(|| net(x, &self.target_encoder));
+        let (t1, t2) = (target(view1), target(view2)); // [B, C, h, w] each
         let (_, _, h, w) = f1.size4()?;
         let m12 = positive_mask(
             &coords1.to_device(device),

@@ -80,7 +80,7 @@ pub fn run(precision: Precision, device: Device, forward: impl FnOnce() -> Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::nn::{self, Module};
+    use tch::nn;
 
     fn conv() -> nn::Conv2D {
         tch::manual_seed(3);
@@ -101,8 +101,8 @@ mod tests {
         });
         assert_eq!(inside.get(), Kind::BFloat16, "autocast did not lower the convolution");
         assert_eq!(out.kind(), Kind::Float);
-        let rel = (&out - &exact).abs().max().double_value(&[])
-            / exact.abs().max().double_value(&[]);
+        let rel =
+            (&out - &exact).abs().max().double_value(&[]) / exact.abs().max().double_value(&[]);
         assert!(rel > 0.0, "bf16 gave float32's result exactly: autocast had no effect");
         assert!(rel < 2e-2, "bf16 result far from float32's: relative error {rel}");
     }

@@ -134,17 +134,17 @@ struct MetricsLine {
 /// The device `choice` names, or an error when it is CUDA and libtorch sees
 /// none. Picking CUDA also turns on cuDNN's benchmark mode.
 pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
+    if choice == DeviceChoice::Cuda && !tch::Cuda::is_available() {
+        return Err(Error::config(
+            "train.device",
+            "cuda was asked for but libtorch sees no CUDA device (use --device cpu, or check the \
+             driver)",
+        ));
+    }
     let device = match choice {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Auto => Device::cuda_if_available(),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
-        DeviceChoice::Cuda => {
-            return Err(Error::config(
-                "train.device",
-                "cuda was asked for but libtorch sees no CUDA device (use --device cpu, or check \
-                 the driver)",
-            ))
-        }
+        DeviceChoice::Cuda => Device::Cuda(0),
     };
     if device.is_cuda() {
         // Every step has the same shapes, so cuDNN's one-off search for the
