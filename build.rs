@@ -1,6 +1,7 @@
 //! Link libtorch so that CUDA is found at run time, remember where it is, and
 //! compile the C++ parts against it: the collective engines of
-//! `src/collective.rs` and the CPU/CUDA autocast of `src/precision.rs`.
+//! `src/collective.rs`, the CPU/CUDA autocast of `src/precision.rs` and the
+//! libtorch version `pixpro doctor` prints.
 //!
 //! Without `--no-as-needed` the linker drops `libtorch.so` (nothing references
 //! it directly) and with it `libtorch_cuda.so`, so `tch::Cuda::is_available()`
@@ -12,6 +13,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/collective.cpp");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/version.cpp");
     let lib_dir = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys names libtorch's lib folder in DEP_TCH_LIBTORCH_LIB"),
@@ -25,7 +27,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-ltorch");
 }
 
-/// `csrc/`: autocast, and libtorch's c10d process groups: Gloo always (its
+/// `csrc/`: autocast, the version string, and libtorch's c10d process groups: Gloo always (its
 /// headers come from Debian's libgloo-dev; the library is inside
 /// libtorch_cpu), NCCL when the CUDA and NCCL headers of the torch wheel's
 /// `nvidia` packages are there.
@@ -42,6 +44,7 @@ fn compile_csrc(root: &Path) {
         .cpp(true)
         .file("csrc/collective.cpp")
         .file("csrc/autocast.cpp")
+        .file("csrc/version.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

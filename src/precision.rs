@@ -36,6 +36,16 @@ impl Precision {
     }
 }
 
+/// The CPU's bfloat16 units as `/proc/cpuinfo` names them (`amx_bf16`,
+/// `avx512_bf16`), or `None` when it lists neither or cannot be read:
+/// without them libtorch emulates bf16, which is slower than fp32.
+pub fn cpu_bf16_units() -> Option<&'static str> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    let has = |name: &str| flags.split_whitespace().any(|f| f == name);
+    ["amx_bf16", "avx512_bf16"].into_iter().find(|name| has(name))
+}
+
 /// Autocast switched on for one device until dropped, so that an early
 /// return or a panic inside the forward pass cannot leave it on.
 struct Autocast {

@@ -25,6 +25,7 @@ use crate::lars::Lars;
 use crate::loader::{Batch, Loader, LoaderConfig};
 use crate::model::PixPro;
 use crate::momentum::momentum_at;
+use crate::precision::{self, Precision};
 use crate::schedule::LrSchedule;
 use crate::syncbn;
 use crate::{Error, Result};
@@ -259,6 +260,16 @@ impl Trainer {
         tch::manual_seed(cfg.train.seed as i64);
         let mut model = PixPro::new(cfg.model.clone(), device)?;
         model.precision = cfg.train.precision;
+        if cfg.train.precision == Precision::Bf16
+            && !device.is_cuda()
+            && precision::cpu_bf16_units().is_none()
+        {
+            tracing::warn!(
+                "train.precision = \"bf16\" on a CPU without bfloat16 units (neither avx512_bf16 \
+                 nor amx_bf16 in /proc/cpuinfo): libtorch emulates bf16 there, which is likely \
+                 slower than fp32"
+            );
+        }
         let opt = Lars::new(&model.online, cfg.optim.lars());
         let world = group.as_ref().map_or(1, |g| g.world_size());
         let schedule = lr_schedule(cfg, batches_per_epoch, world);

@@ -164,3 +164,14 @@ fn bad_input_gets_a_clear_error() {
     let (ok, err) = train(&few, &cfg, &["--resume"]);
     assert!(!ok && err.contains("--resume"), "{err}");
 }
+
+#[test]
+fn doctor_names_the_libtorch_it_was_built_against() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).arg("doctor").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The torch wheel scripts/setup installs.
+    assert!(text.contains("libtorch: 2.11."), "{text}");
+    assert!(text.contains("cpu bfloat16 units: "), "{text}");
+    assert!(text.contains("cuda available: "), "{text}");
+}
