@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Times the reference PyTorch PixPro (zdaxie/PixPro) on the CPU, in one
-process: its training step, its networks alone, or its data pipeline
+"""Times the reference PyTorch PixPro (zdaxie/PixPro) on the CPU or one GPU,
+in one process: its training step, its networks alone, or its data pipeline
 alone.
 
 Run by scripts/compare-reference with a Python that has torch, torchvision
