@@ -151,7 +151,7 @@ pub enum Preset {
     /// The reference recipe: ResNet-50, 224 px, batch 1024 over 8 GPUs, 100 epochs.
     #[value(name = "paper-r50")]
     PaperR50,
-    /// ResNet-18 at 96 px for 1000 steps: about 20 minutes on 2 CPU cores.
+    /// ResNet-18 at 96 px for 1000 steps: about 15 minutes on 2 CPU cores.
     Cpu,
 }
 

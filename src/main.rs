@@ -569,7 +569,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
 }
 
 /// Measured for the cpu preset on a 2-core machine; see README.
-const DEMO_MINUTES: u32 = 21;
+const DEMO_MINUTES: u32 = 16;
 
 #[derive(Args)]
 struct BenchArgs {
