@@ -395,7 +395,8 @@ pub struct JobResult {
     pub finished_at: u64,
     pub hardware: Hardware,
     pub version: String,
-    /// `git rev-parse HEAD` where the runner ran, `-dirty` with local changes.
+    /// The commit of the source checkout the runner was built from,
+    /// `-dirty` with local changes.
     pub commit: Option<String>,
 }
 
@@ -623,9 +624,15 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The commit of the checkout this binary was built from, `-dirty` with
+/// local changes: asking git in the working directory instead recorded
+/// whatever repository the runner was started in, or none outside one.
+/// `None` when the source folder is gone or is not a git checkout.
 fn git_commit() -> Option<String> {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
             .args(args)
             .output()
             .ok()

@@ -215,3 +215,42 @@ fn plan_errors_name_the_key_and_the_file() {
     let e = Plan::load(&path).unwrap_err().to_string();
     assert!(e.contains("probe") && e.contains("image_sise"), "{e}");
 }
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn results_record_the_commit_the_runner_was_built_from_wherever_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 2);
+    tiny_voc(&dir.path().join("data/voc"));
+    let plan_path = write_plan(dir.path(), "");
+    // The runner starts inside another repository, as a user's project
+    // folder may be one: its commit is not the code that made the numbers.
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "a user's project"]);
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .current_dir(dir.path())
+        .args(["experiment", "--plan", plan_path.to_str().unwrap(), "--max-jobs", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let results = read_results(&out.join("results.json")).unwrap();
+    let recorded = results[0].commit.as_deref().map(|c| c.trim_end_matches("-dirty").to_string());
+    let ours = git(Path::new(env!("CARGO_MANIFEST_DIR")), &["rev-parse", "HEAD"]);
+    assert_eq!(recorded, ours);
+    if ours.is_some() {
+        assert_ne!(recorded, git(dir.path(), &["rev-parse", "HEAD"]));
+    }
+}
