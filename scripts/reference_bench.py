@@ -227,6 +227,22 @@ def endless(loader):
         yield from loader
 
 
+def step_times(batch_size, times):
+    """What both timed loops report about their steps (`times` in seconds)."""
+    import torch
+
+    times_ms = [1e3 * t for t in times]
+    median = statistics.median(times_ms)
+    return {
+        "images_per_sec": batch_size / (median / 1e3),
+        "step_ms_median": median,
+        "step_ms_min": min(times_ms),
+        "step_ms_max": max(times_ms),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def train(a, data_dir):
     import torch
 
@@ -253,17 +269,10 @@ def train(a, data_dir):
             times.append(t2 - t0)
             waited += t1 - t0
     del batches
-    times_ms = [1e3 * t for t in times]
-    median = statistics.median(times_ms)
     return {
-        "images_per_sec": a.batch_size / (median / 1e3),
-        "step_ms_median": median,
-        "step_ms_min": min(times_ms),
-        "step_ms_max": max(times_ms),
+        **step_times(a.batch_size, times),
         "data_wait_fraction": waited / sum(times),
-        "torch_threads": torch.get_num_threads(),
         "workers": a.workers,
-        "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None,
         # DataLoader workers are processes of their own; the largest one's
         # peak (much of it pages shared with this process).
@@ -303,16 +312,7 @@ def networks_alone(a, data_dir):
         t1 = time.perf_counter()
         if i >= a.warmup:
             times.append(t1 - t0)
-    times_ms = [1e3 * t for t in times]
-    median = statistics.median(times_ms)
-    return {
-        "images_per_sec": a.batch_size / (median / 1e3),
-        "step_ms_median": median,
-        "step_ms_min": min(times_ms),
-        "step_ms_max": max(times_ms),
-        "torch_threads": torch.get_num_threads(),
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return step_times(a.batch_size, times)
 
 
 def data_alone(a, data_dir):
