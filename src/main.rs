@@ -501,11 +501,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
     eprintln!(
         "pixpro demo: build TuxSeg (real photos with pasted real-object cutouts), pretrain {} at {} px \
          for {} steps (cpu preset), then probe it and a random-init backbone. \
-         About {} minutes on 2 CPU cores; re-running continues where it stopped.",
+         About {} minutes for the preset's {} steps on 2 idle CPU cores, longer on a busy or \
+         slower machine (the progress bar shows its own estimate); re-running continues where \
+         it stopped.",
         cfg.model.arch,
         cfg.augment.image_size,
         cfg.train.steps,
-        DEMO_MINUTES
+        DEMO_MINUTES,
+        Preset::Cpu.config().train.steps
     );
     if !data.join("voc").join("ImageSets").exists() {
         let opts = pixpro::tuxseg::TuxsegOptions {
