@@ -11,11 +11,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use image::imageops;
-use pixpro::dataset::{load_rgb, Dataset};
-use pixpro::inspect::{feature_grid, features_picture, views_picture};
-use pixpro::model::{ModelConfig, PixPro};
-use pixpro::resnet::Arch;
-use pixpro::views::AugmentConfig;
+use pixpro::data::dataset::{load_rgb, Dataset};
+use pixpro::data::views::AugmentConfig;
+use pixpro::method::{ModelConfig, PixPro};
+use pixpro::model::resnet::Arch;
+use pixpro::tools::inspect::{feature_grid, features_picture, views_picture};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

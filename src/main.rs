@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pixpro::collective::{self, Launch};
-use pixpro::config::{Config, DeviceChoice, Preset};
-use pixpro::model::Method;
-use pixpro::precision::Precision;
+use pixpro::distributed::collective::{self, Launch};
+use pixpro::method::Method;
+use pixpro::model::precision::Precision;
+use pixpro::train::config::{Config, DeviceChoice, Preset};
 use pixpro::train::{self, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -102,7 +102,7 @@ struct ExperimentArgs {
 }
 
 fn experiment(args: &ExperimentArgs) -> Result<()> {
-    use pixpro::experiment as exp;
+    use pixpro::tools::experiment as exp;
     let plan = exp::Plan::load(&args.plan)?;
     let results_path = args.results.clone().unwrap_or_else(|| args.out.join("results.json"));
     if args.dry_run {
@@ -202,8 +202,9 @@ fn inspect_views(args: &InspectViewsArgs) -> Result<()> {
         cfg = Config::from_toml_file(path, &cfg)?;
     }
     cfg.validate()?;
-    let grid = pixpro::inspect::feature_grid(cfg.augment.image_size, cfg.model.output_stride);
-    let written = pixpro::inspect::inspect_views(
+    let grid =
+        pixpro::tools::inspect::feature_grid(cfg.augment.image_size, cfg.model.output_stride);
+    let written = pixpro::tools::inspect::inspect_views(
         &args.data,
         &args.out,
         args.count,
@@ -221,7 +222,7 @@ fn inspect_features(args: &InspectFeaturesArgs) -> Result<()> {
     let mut augment = cfg.augment.clone();
     augment.image_size = args.image_size.unwrap_or(augment.image_size.max(224));
     augment.validate()?;
-    let written = pixpro::inspect::inspect_features(
+    let written = pixpro::tools::inspect::inspect_features(
         &model,
         &args.images,
         &args.out,
@@ -271,7 +272,7 @@ struct ProbeArgs {
     random_init: bool,
     /// Architecture for --random-init.
     #[arg(long, default_value = "resnet18")]
-    arch: pixpro::resnet::Arch,
+    arch: pixpro::model::resnet::Arch,
     /// Output stride for --random-init (32, 16 or 8).
     #[arg(long, default_value_t = 16)]
     output_stride: u32,
@@ -352,7 +353,7 @@ fn device_of(d: DeviceArg) -> Result<tch::Device> {
 }
 
 fn data_tuxseg(args: &TuxsegArgs) -> Result<()> {
-    let mut opts = pixpro::tuxseg::TuxsegOptions {
+    let mut opts = pixpro::tools::tuxseg::TuxsegOptions {
         out: args.out.clone(),
         seed: args.seed,
         ..Default::default()
@@ -370,7 +371,7 @@ fn data_tuxseg(args: &TuxsegArgs) -> Result<()> {
         opts.image_size = s;
     }
     let started = Instant::now();
-    let s = pixpro::tuxseg::build(&opts)?;
+    let s = pixpro::tools::tuxseg::build(&opts)?;
     eprintln!(
         "TuxSeg in {} ({:.0} s): {} pretrain / {} train / {} val scenes, {} classes, from {} + {} photos and {} + {} objects",
         args.out.display(),
@@ -387,14 +388,14 @@ fn data_tuxseg(args: &TuxsegArgs) -> Result<()> {
     Ok(())
 }
 
-fn probe_config(args: &ProbeArgs) -> Result<pixpro::probe::ProbeConfig> {
+fn probe_config(args: &ProbeArgs) -> Result<pixpro::transfer::probe::ProbeConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("{}", path.display()))?
         }
-        None => pixpro::probe::ProbeConfig::default(),
+        None => pixpro::transfer::probe::ProbeConfig::default(),
     };
     if let Some(s) = args.image_size {
         cfg.image_size = s;
@@ -409,7 +410,7 @@ fn probe_config(args: &ProbeArgs) -> Result<pixpro::probe::ProbeConfig> {
     Ok(cfg)
 }
 
-fn print_probe(label: &str, r: &pixpro::probe::ProbeResult) {
+fn print_probe(label: &str, r: &pixpro::transfer::probe::ProbeResult) {
     println!(
         "{label}: mIoU {:.4}, pixel accuracy {:.4} ({} train / {} val images, {:.0} s)",
         r.miou, r.pixel_accuracy, r.train_images, r.val_images, r.seconds
@@ -426,12 +427,15 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     let cfg = probe_config(args)?;
     let device = device_of(args.device)?;
     let backbone = match &args.checkpoint {
-        Some(ck) => pixpro::backbone::Backbone::from_checkpoint(ck, device)?,
-        None => {
-            pixpro::backbone::Backbone::random(args.arch, args.output_stride, cfg.seed, device)?
-        }
+        Some(ck) => pixpro::transfer::backbone::Backbone::from_checkpoint(ck, device)?,
+        None => pixpro::transfer::backbone::Backbone::random(
+            args.arch,
+            args.output_stride,
+            cfg.seed,
+            device,
+        )?,
     };
-    let r = pixpro::probe::probe_into(&backbone, &args.voc, &args.out, &cfg)?;
+    let r = pixpro::transfer::probe::probe_into(&backbone, &args.voc, &args.out, &cfg)?;
     if args.json {
         print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);
         return Ok(());
@@ -443,9 +447,9 @@ fn probe(args: &ProbeArgs) -> Result<()> {
 
 fn embed(args: &EmbedArgs) -> Result<()> {
     let device = device_of(args.device)?;
-    let backbone = pixpro::backbone::Backbone::from_checkpoint(&args.checkpoint, device)?;
+    let backbone = pixpro::transfer::backbone::Backbone::from_checkpoint(&args.checkpoint, device)?;
     let write = |img_path: &std::path::Path, out: &std::path::Path| -> Result<()> {
-        let img = pixpro::dataset::load_rgb(img_path)?;
+        let img = pixpro::data::dataset::load_rgb(img_path)?;
         let f = backbone.image_features(&img).to_device(tch::Device::Cpu);
         let meta = std::collections::BTreeMap::from([
             ("image".to_string(), img_path.display().to_string()),
@@ -453,11 +457,11 @@ fn embed(args: &EmbedArgs) -> Result<()> {
             ("arch".to_string(), backbone.arch.to_string()),
             ("output_stride".to_string(), backbone.output_stride.to_string()),
         ]);
-        pixpro::export::write_features(out, &f, &meta)?;
+        pixpro::transfer::export::write_features(out, &f, &meta)?;
         Ok(())
     };
     if args.image.is_dir() {
-        let (ds, report) = pixpro::dataset::Dataset::scan(&args.image)?;
+        let (ds, report) = pixpro::data::dataset::Dataset::scan(&args.image)?;
         for (path, why) in &report.bad {
             eprintln!("skipped {}: {why}", path.display());
         }
@@ -478,11 +482,14 @@ fn embed(args: &EmbedArgs) -> Result<()> {
 }
 
 fn export(args: &ExportArgs) -> Result<()> {
-    let backbone = pixpro::backbone::Backbone::from_checkpoint(&args.checkpoint, tch::Device::Cpu)?;
+    let backbone =
+        pixpro::transfer::backbone::Backbone::from_checkpoint(&args.checkpoint, tch::Device::Cpu)?;
     let named = backbone.named_tensors();
     match args.format {
-        ExportFormat::Torchvision => pixpro::export::write_torchvision(&args.out, &named)?,
-        ExportFormat::Detectron2 => pixpro::export::write_detectron2(&args.out, &named)?,
+        ExportFormat::Torchvision => {
+            pixpro::transfer::export::write_torchvision(&args.out, &named)?
+        }
+        ExportFormat::Detectron2 => pixpro::transfer::export::write_detectron2(&args.out, &named)?,
     }
     eprintln!("wrote {} ({} encoder, {} tensors)", args.out.display(), backbone.arch, named.len());
     Ok(())
@@ -511,12 +518,12 @@ fn demo(args: &DemoArgs) -> Result<()> {
         Preset::Cpu.config().train.steps
     );
     if !data.join("voc").join("ImageSets").exists() {
-        let opts = pixpro::tuxseg::TuxsegOptions {
+        let opts = pixpro::tools::tuxseg::TuxsegOptions {
             out: data.clone(),
             seed: args.seed,
             ..Default::default()
         };
-        let s = pixpro::tuxseg::build(&opts)?;
+        let s = pixpro::tools::tuxseg::build(&opts)?;
         eprintln!(
             "[1/3] TuxSeg: {} pretrain / {} train / {} val scenes in {}",
             s.pretrain_images,
@@ -542,22 +549,35 @@ fn demo(args: &DemoArgs) -> Result<()> {
         return Ok(());
     }
     eprintln!("[3/3] probing (frozen backbone, per-pixel linear classifier)");
-    let probe_cfg =
-        pixpro::probe::ProbeConfig { image_size: 160, seed: args.seed, ..Default::default() };
+    let probe_cfg = pixpro::transfer::probe::ProbeConfig {
+        image_size: 160,
+        seed: args.seed,
+        ..Default::default()
+    };
     let device = train::pick_device(cfg.train.device)?;
-    let ours =
-        pixpro::backbone::Backbone::from_checkpoint(&RunDir::new(&run).last_checkpoint(), device)?;
-    let random = pixpro::backbone::Backbone::random(
+    let ours = pixpro::transfer::backbone::Backbone::from_checkpoint(
+        &RunDir::new(&run).last_checkpoint(),
+        device,
+    )?;
+    let random = pixpro::transfer::backbone::Backbone::random(
         cfg.model.arch,
         cfg.model.output_stride,
         args.seed,
         device,
     )?;
     let voc = data.join("voc");
-    let r_ours =
-        pixpro::probe::probe_into(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
-    let r_rand =
-        pixpro::probe::probe_into(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
+    let r_ours = pixpro::transfer::probe::probe_into(
+        &ours,
+        &voc,
+        &args.out.join("probe-pixpro"),
+        &probe_cfg,
+    )?;
+    let r_rand = pixpro::transfer::probe::probe_into(
+        &random,
+        &voc,
+        &args.out.join("probe-random"),
+        &probe_cfg,
+    )?;
     print_probe("pixpro", &r_ours);
     print_probe("random init", &r_rand);
     println!(
@@ -586,7 +606,7 @@ struct BenchArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long)]
-    arch: Option<pixpro::resnet::Arch>,
+    arch: Option<pixpro::model::resnet::Arch>,
     #[arg(long)]
     image_size: Option<u32>,
     #[arg(long)]
@@ -648,7 +668,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         cfg.train.precision = p;
     }
     if args.data_only {
-        let r = pixpro::bench::data_only(&cfg, &args.data, args.steps)?;
+        let r = pixpro::tools::bench::data_only(&cfg, &args.data, args.steps)?;
         println!(
             "data alone, {} px, batch {}: {:.1} two-view img/s with {} loader workers ({:.1} per worker); peak memory {:.0} MiB",
             r.image_size,
@@ -663,7 +683,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = pixpro::bench::run(&cfg, &args.data, args.warmup, args.steps)?;
+    let r = pixpro::tools::bench::run(&cfg, &args.data, args.warmup, args.steps)?;
     println!(
         "{} {} px, batch {}, output stride {}, {}, {} ({} torch threads, {} loader workers)",
         r.arch,
@@ -947,7 +967,7 @@ fn doctor() {
     println!("libtorch threads: {}", tch::get_num_threads());
     println!(
         "cpu bfloat16 units: {}",
-        pixpro::precision::cpu_bf16_units()
+        pixpro::model::precision::cpu_bf16_units()
             .unwrap_or("none (--precision bf16 would be emulated, slower than fp32)")
     );
     println!("cuda available: {}", tch::Cuda::is_available());
@@ -960,7 +980,7 @@ fn doctor() {
 }
 
 fn main() -> ExitCode {
-    pixpro::malloc::tune_for_tensors();
+    pixpro::train::malloc::tune_for_tensors();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

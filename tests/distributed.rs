@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{make_images, tensors, TINY};
-use pixpro::config::Config;
+use pixpro::train::config::Config;
 
 /// The tiny recipe of the other end-to-end tests with a batch of `batch`
 /// per process, one libtorch thread, and the peak learning rate from the

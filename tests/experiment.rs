@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pixpro::experiment::{markdown, read_results, run, Hardware, JobResult, Plan, RunnerOptions};
-use pixpro::probe::ProbeConfig;
+use pixpro::tools::experiment::{
+    markdown, read_results, run, Hardware, JobResult, Plan, RunnerOptions,
+};
+use pixpro::transfer::probe::ProbeConfig;
 
 mod common;
 use common::{make_images, tiny_voc, TINY};

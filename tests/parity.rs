@@ -3,10 +3,10 @@
 //! and every online gradient agree to 1e-5 relative, the mask exactly.
 use std::collections::HashMap;
 
-use pixpro::heads::projector;
-use pixpro::loss::consistency_loss;
-use pixpro::matching::positive_mask;
-use pixpro::ppm::ppm;
+use pixpro::model::heads::projector;
+use pixpro::model::ppm::ppm;
+use pixpro::objective::loss::consistency_loss;
+use pixpro::objective::matching::positive_mask;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pixpro::config::Config;
+use pixpro::train::config::Config;
 use pixpro::train::pretrain;
 
 mod common;

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pixpro::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
-use pixpro::config::Config;
+use pixpro::train::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
+use pixpro::train::config::Config;
 use pixpro::train::{
     open_loader, pretrain, pretrain_with_nan_batches, saved_config, RunDir, Trainer,
 };
@@ -312,7 +312,7 @@ fn damaged_images_and_configs_never_panic() {
     let configs = seeds("config");
     // Seeds must be good inputs, or the mutations explore only error paths.
     for (i, bytes) in images.iter().enumerate() {
-        assert!(pixpro::dataset::decode_rgb(bytes).is_ok(), "image seed {i} does not decode");
+        assert!(pixpro::data::dataset::decode_rgb(bytes).is_ok(), "image seed {i} does not decode");
         fuzz_checks::check_image(bytes);
     }
     for (i, bytes) in configs.iter().enumerate() {

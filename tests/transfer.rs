@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pixpro::config::Config;
+use pixpro::train::config::Config;
 use pixpro::train::{pretrain, RunDir, RunOptions};
 
 mod common;
@@ -87,7 +87,7 @@ fn exports_load_in_python_and_match_embed() {
         "cpu",
     ]);
     assert!(ok, "{err}");
-    let raw = pixpro::dataset::load_rgb(&image).unwrap();
+    let raw = pixpro::data::dataset::load_rgb(&image).unwrap();
     let (w, h) = raw.dimensions();
     let rgb = tch::Tensor::from_slice(raw.as_raw()).view([h as i64, w as i64, 3]);
     let rgb_path = tmp.path().join("rgb.safetensors");

@@ -6,8 +6,8 @@ use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
-use pixpro::config::{Config, Preset};
-use pixpro::dataset::{decode_rgb, MAX_MEGAPIXELS};
+use pixpro::data::dataset::{decode_rgb, MAX_MEGAPIXELS};
+use pixpro::train::config::{Config, Preset};
 
 /// Any bytes given to the loader's decoder: an error, or an RGB8 image of
 /// the size its header claims (turned as its EXIF orientation says), never

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use pixpro::checkpoint::Checkpoint;
+use pixpro::train::checkpoint::Checkpoint;
 use pixpro::train::{RunDir, RunOptions};
 
 /// A tiny network and data set so that a step takes milliseconds.

@@ -25,8 +25,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::voc::{class_names, VocSample, VocSplit, IGNORE};
+use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::transfer::voc::{class_names, VocSample, VocSplit, IGNORE};
 use crate::{Error, Result};
 
 /// The few knobs of the probe; everything else is the fixed recipe above.
@@ -166,7 +166,7 @@ pub fn run_probe(
 /// looks at into `out`: probe.json (the result and which backbone it was),
 /// confusion.png and `prediction-ID.png` overlays of the first val images.
 pub fn probe_into(
-    backbone: &crate::backbone::Backbone,
+    backbone: &crate::transfer::backbone::Backbone,
     voc: &Path,
     out: &Path,
     cfg: &ProbeConfig,
@@ -190,7 +190,7 @@ pub fn probe_into(
         let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
         let sample = split.get(index)?;
         let picture =
-            crate::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette)?;
+            crate::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette, IGNORE)?;
         crate::plots::save_png(&picture, &out.join(format!("prediction-{id}.png")))?;
     }
     Ok(result)
@@ -401,7 +401,7 @@ fn resize_mask_nearest(mask: &[u8], w: u32, h: u32, s: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::voc::tests::write_voc;
+    use crate::transfer::voc::tests::write_voc;
     use rand::Rng;
 
     #[test]

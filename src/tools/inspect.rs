@@ -9,14 +9,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use crate::dataset::{load_rgb, Dataset};
-use crate::heads::ConvMlp;
-use crate::loss::normalize_cells;
-use crate::matching::positive_mask;
-use crate::model::PixPro;
+use crate::data::dataset::{load_rgb, Dataset};
+use crate::data::views::{make_view, two_views, AugmentConfig, View, ViewParams};
+use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::method::PixPro;
+use crate::model::heads::normalize_cells;
+use crate::model::heads::ConvMlp;
+use crate::objective::matching::positive_mask;
 use crate::plots::{blend, disc, fill, mix, paste, rect, save_png, segment, text, BLACK, WHITE};
-use crate::views::{make_view, two_views, AugmentConfig, View, ViewParams};
-use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::{Error, Result};
 
 const VIEW1: Rgb<u8> = Rgb([245, 130, 20]);
@@ -654,8 +654,8 @@ pub fn inspect_features(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
-    use crate::resnet::Arch;
+    use crate::method::ModelConfig;
+    use crate::model::resnet::Arch;
 
     /// A smooth colour ramp, never white.
     fn ramp(w: u32, h: u32) -> RgbImage {

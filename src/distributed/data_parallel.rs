@@ -3,7 +3,7 @@
 //! so that every rank applies the same update, that of the global batch.
 use tch::{Kind, Tensor};
 
-use crate::collective::Group;
+use crate::distributed::collective::Group;
 use crate::Result;
 
 /// Gradients are reduced in buckets of about this many bytes (DDP's default

@@ -17,8 +17,8 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::dataset::Dataset;
-use crate::views::{two_views, AugmentConfig};
+use crate::data::dataset::Dataset;
+use crate::data::views::{two_views, AugmentConfig};
 use crate::{Error, Result};
 
 /// How batches are cut and produced.

@@ -17,13 +17,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::Backbone;
-use crate::checkpoint::write_atomically;
-use crate::config::{toml_error, Config, Preset};
-use crate::model::Method;
+use crate::method::Method;
 use crate::plots::{plot_bars, Bar, BarPanel};
-use crate::probe::{probe_into, ProbeConfig};
+use crate::train::checkpoint::write_atomically;
+use crate::train::config::{toml_error, Config, Preset};
 use crate::train::{self, RunDir, RunOptions};
+use crate::transfer::backbone::Backbone;
+use crate::transfer::probe::{probe_into, ProbeConfig};
 use crate::{Error, Result};
 
 /// Every method a plan may name: `random` probes a randomly initialised

@@ -4,12 +4,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::collective::Engine;
-use crate::lars::LarsConfig;
-use crate::model::ModelConfig;
-use crate::precision::Precision;
-use crate::resnet::Arch;
-use crate::views::AugmentConfig;
+use crate::data::views::AugmentConfig;
+use crate::distributed::collective::Engine;
+use crate::method::ModelConfig;
+use crate::model::precision::Precision;
+use crate::model::resnet::Arch;
+use crate::optim::lars::LarsConfig;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

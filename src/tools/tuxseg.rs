@@ -29,9 +29,9 @@ tuxpaint-stamps-default";
 pub const CLASSES: [&str; 8] =
     ["background", "mammal", "bird", "other_animal", "food", "plant", "object", "vehicle"];
 
-/// Label of pixels the probe must not score: the 1-px ring just outside each pasted mask, where
-/// the stamp's soft alpha edge blends object and background.
-pub const IGNORE: u8 = 255;
+// VOC's label for pixels the probe must not score: here the 1-px ring just outside each pasted
+// mask, where the stamp's soft alpha edge blends object and background.
+pub use crate::transfer::voc::IGNORE;
 
 /// Stamp folders (relative to the stamp root) and the class they map to; first match wins.
 /// Categories left out (seasonal, symbols, town, space, clothes, people, ...) are mostly drawings
@@ -890,7 +890,7 @@ fn readme(
     line(
         "This is real photos with pasted real-object cutouts, not a natural-scene benchmark: \
          crops of Debian wallpaper photographs with Tux Paint photo stamps alpha-blended on top. \
-         Built by `pixpro::tuxseg::build` as described in shared/docs/data.md."
+         Built by `pixpro::tools::tuxseg::build` as described in shared/docs/data.md."
             .into(),
     );
     line(String::new());

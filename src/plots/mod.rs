@@ -1,6 +1,8 @@
 //! Pictures from numbers: training curves, confusion matrices and
 //! segmentation overlays as PNG files, plus the small raster toolkit (lines,
-//! boxes, discs, text) that the [`crate::inspect`] pictures share.
+//! boxes, discs, text) that the [`crate::tools::inspect`] pictures share.
+//! Beside the stages: it imports none of them, so that training, transfer
+//! and the tools can all draw.
 //!
 //! Everything is drawn straight into an [`RgbImage`]. Text uses DejaVu Sans,
 //! read at run time and rasterised by the pure-Rust `ab_glyph` (no
@@ -13,7 +15,6 @@ use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 use image::{ImageError, Rgb, RgbImage};
 use serde::Deserialize;
 
-use crate::tuxseg::IGNORE;
 use crate::{Error, Result};
 
 /// Debian's fonts-dejavu-core.
@@ -551,7 +552,7 @@ pub fn voc_palette(n: usize) -> Vec<[u8; 3]> {
 }
 
 /// `image | ground truth | prediction` side by side, 4 px of white between,
-/// labels painted with `palette[class]` and [`IGNORE`] (255) in grey.
+/// labels painted with `palette[class]` and `ignore` (VOC's 255) in grey.
 /// `labels` and `pred` are row-major, one entry per pixel of `image`; a
 /// class without a palette colour is an error.
 pub fn overlay_prediction(
@@ -559,6 +560,7 @@ pub fn overlay_prediction(
     labels: &[u8],
     pred: &[u8],
     palette: &[[u8; 3]],
+    ignore: u8,
 ) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
     let pixels = w as usize * h as usize;
@@ -573,7 +575,7 @@ pub fn overlay_prediction(
         ));
     }
     let colour = |v: u8| -> Result<Rgb<u8>> {
-        if v == IGNORE {
+        if v == ignore {
             return Ok(IGNORE_GREY);
         }
         palette.get(usize::from(v)).map(|c| Rgb(*c)).ok_or_else(|| {
@@ -691,14 +693,14 @@ mod tests {
         let pred = [0, 1, 2, 2, 0, 0, 2, 1];
         let palette = voc_palette(3);
         assert_eq!(palette, vec![[0, 0, 0], [128, 0, 0], [0, 128, 0]]);
-        let out = overlay_prediction(&image, &labels, &pred, &palette).unwrap();
+        let out = overlay_prediction(&image, &labels, &pred, &palette, 255).unwrap();
         assert_eq!(out.dimensions(), (3 * 4 + 8, 2));
         assert_eq!(*out.get_pixel(0, 0), Rgb([10, 200, 10]));
         assert_eq!(*out.get_pixel(4 + 4 + 1, 0), Rgb([128, 0, 0]), "truth, class 1");
         assert_eq!(*out.get_pixel(4 + 4 + 3, 0), IGNORE_GREY);
         assert_eq!(*out.get_pixel(2 * 8 + 2, 0), Rgb([0, 128, 0]), "prediction, class 2");
-        assert!(overlay_prediction(&image, &labels[..7], &pred, &palette).is_err());
-        let err = overlay_prediction(&image, &labels, &pred, &palette[..2]).unwrap_err();
+        assert!(overlay_prediction(&image, &labels[..7], &pred, &palette, 255).is_err());
+        let err = overlay_prediction(&image, &labels, &pred, &palette[..2], 255).unwrap_err();
         assert!(err.to_string().contains("class 2"), "{err}");
     }
 

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::loader::Loader;
+use crate::data::loader::Loader;
+use crate::train::config::Config;
 use crate::train::{open_loader, pick_device, Trainer};
 use crate::{Error, Result};
 
@@ -184,7 +184,7 @@ mod tests {
             });
             img.save(dir.path().join(format!("{k}.png"))).unwrap();
         }
-        let mut cfg = crate::config::Preset::Cpu.config();
+        let mut cfg = crate::train::config::Preset::Cpu.config();
         cfg.augment.image_size = 32;
         cfg.train.batch_size = 2;
         cfg.train.workers = 1;

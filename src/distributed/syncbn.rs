@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tch::{Kind, Tensor};
 
-use crate::collective::Group;
+use crate::distributed::collective::Group;
 
 static GROUP: RwLock<Option<Arc<Group>>> = RwLock::new(None);
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use tch::{nn, nn::ModuleT, Device, Tensor};
 
-use crate::checkpoint::Checkpoint;
-use crate::resnet::{resnet, Arch, ResNet};
-use crate::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::model::resnet::{resnet, Arch, ResNet};
+use crate::train::checkpoint::Checkpoint;
 use crate::Result;
 
 pub struct Backbone {
@@ -65,7 +65,7 @@ impl Backbone {
 
     /// Every tensor with its torchvision name, sorted.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        crate::checkpoint::named(&self.vs)
+        crate::train::checkpoint::named(&self.vs)
     }
 
     pub fn device(&self) -> Device {

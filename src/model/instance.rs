@@ -5,8 +5,8 @@
 use tch::nn;
 use tch::{Kind, TchError, Tensor};
 
-use crate::heads::{conv_mlp, ConvMlp};
-use crate::loss::normalize_cells;
+use crate::model::heads::normalize_cells;
+use crate::model::heads::{conv_mlp, ConvMlp};
 use crate::Result;
 
 /// The online side: instance projector (same shape as the pixel projector)

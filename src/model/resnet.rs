@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use crate::syncbn::{self, BnState};
+use crate::distributed::syncbn::{self, BnState};
 use crate::{Error, Result};
 
 /// The encoder architecture; TOML values `"resnet18"`, `"resnet34"`,

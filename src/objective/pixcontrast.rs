@@ -3,7 +3,7 @@
 //! matching rule and every other cell of the other view a negative.
 use tch::{Kind, Tensor};
 
-use crate::loss::unit_cells_of_pair;
+use crate::objective::loss::unit_cells_of_pair;
 use crate::Result;
 
 /// The paper's PixContrast temperature.
@@ -26,7 +26,7 @@ const MASKED: f64 = -1e4;
 /// - `p_a`: online features of view a, `[B, C, H, W]`;
 /// - `z_b`: target features of view b, `[B, C, H', W']` (no gradient expected);
 /// - `mask`: positives from a to b, `[B, H*W, H'*W']`, the same mask as
-///   PixPro's loss (see [`crate::matching::positive_mask`]).
+///   PixPro's loss (see [`crate::objective::matching::positive_mask`]).
 ///
 /// Both inputs are normalised per cell here.
 pub fn pixcontrast_loss(
@@ -74,7 +74,7 @@ mod tests {
         let c1 = Tensor::from_slice(&[0f32, 0., 0.8, 0.8, 0.1, 0.1, 1., 1.]).view([2, 4]);
         let c2 = Tensor::from_slice(&[0.2f32, 0.2, 1., 1., 1., 0., 0.2, 0.9]).view([2, 4]);
         let (h, w) = (3, 4);
-        let mask = crate::matching::positive_mask(&c1, &c2, h, w, 0.7); // [2, 12, 12]
+        let mask = crate::objective::matching::positive_mask(&c1, &c2, h, w, 0.7); // [2, 12, 12]
         let ones = Tensor::ones([2, 5, h, w], FLOAT_CPU);
         let l = pixcontrast_loss(&ones, &ones, &mask, TEMPERATURE).unwrap().double_value(&[]);
         let counts = Vec::<f32>::try_from(

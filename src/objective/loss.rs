@@ -2,13 +2,8 @@
 //! view and the target features of the other (spec section 4).
 use tch::{Kind, TchError, Tensor};
 
+use crate::model::heads::normalize_cells;
 use crate::Result;
-
-/// Unit-normalises every cell of a `[B, C, ...]` map along the channels, as
-/// `F.normalize(x, dim=1)` (norms clamped at 1e-12 so a zero cell stays 0).
-pub fn normalize_cells(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12) // [B, C, ...]
-}
 
 /// Checks that `p_a` `[B, C, H, W]`, `z_b` `[B, C, H', W']` and `mask`
 /// `[B, H*W, H'*W']` fit together (an error naming `loss` and every size
@@ -46,7 +41,7 @@ pub(crate) fn unit_cells_of_pair(
 /// - `p_a`: online prediction of view a, `[B, C, H, W]` (PPM output);
 /// - `z_b`: target features of view b, `[B, C, H', W']` (no gradient expected);
 /// - `mask`: positives from a to b, `[B, H*W, H'*W']` (see
-///   [`crate::matching::positive_mask`]).
+///   [`crate::objective::matching::positive_mask`]).
 ///
 /// Both inputs are normalised per cell here. An image with no positive pair
 /// contributes 0 and still counts in the mean. Each term is a cosine, so one

@@ -14,7 +14,7 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::Config;
+use crate::train::config::Config;
 use crate::{Error, Result};
 
 /// Written in every checkpoint's header; bumped when the layout changes.

@@ -16,18 +16,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, Checkpoint, Meta, FORMAT_VERSION};
-use crate::collective::{Group, Launch};
-use crate::config::{Config, DeviceChoice};
-use crate::data_parallel;
-use crate::dataset::Dataset;
-use crate::lars::Lars;
-use crate::loader::{Batch, Loader, LoaderConfig};
-use crate::model::PixPro;
-use crate::momentum::momentum_at;
-use crate::precision::{self, Precision};
-use crate::schedule::LrSchedule;
-use crate::syncbn;
+use crate::data::dataset::Dataset;
+use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::distributed::collective::{Group, Launch};
+use crate::distributed::data_parallel;
+use crate::distributed::syncbn;
+use crate::method::momentum::momentum_at;
+use crate::method::PixPro;
+use crate::model::precision::{self, Precision};
+use crate::optim::lars::Lars;
+use crate::optim::schedule::LrSchedule;
+use crate::train::checkpoint::{self, Checkpoint, Meta, FORMAT_VERSION};
+use crate::train::config::{Config, DeviceChoice};
 use crate::{Error, Result};
 
 /// The files of one run.

@@ -3,8 +3,8 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use crate::heads::{conv1x1, conv_mlp, ConvMlp};
-use crate::loss::normalize_cells;
+use crate::model::heads::normalize_cells;
+use crate::model::heads::{conv1x1, conv_mlp, ConvMlp};
 use crate::{Error, Result};
 
 /// The value transform g.

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use crate::resnet::{batch_norm2d, BatchNorm2d};
+use crate::model::resnet::{batch_norm2d, BatchNorm2d};
 
 /// `conv1x1(in -> hidden, bias) -> BatchNorm2d -> ReLU -> conv1x1(hidden ->
 /// out, bias)`, applied to every cell of a `[B, in, H, W]` map. The BN
@@ -44,6 +44,14 @@ pub fn conv_mlp(p: &nn::Path, in_dim: i64, hidden: i64, out_dim: i64) -> ConvMlp
 /// no output BN.
 pub fn projector(p: &nn::Path, in_dim: i64, hidden: i64, out_dim: i64) -> ConvMlp {
     conv_mlp(p, in_dim, hidden, out_dim)
+}
+
+/// Unit-normalises every cell of a `[B, C, ...]` map along the channels, as
+/// `F.normalize(x, dim=1)` (norms clamped at 1e-12 so a zero cell stays 0):
+/// how the loss, the PPM's similarities and the instance branch all read a
+/// head's output.
+pub fn normalize_cells(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12) // [B, C, ...]
 }
 
 impl ModuleT for ConvMlp {
