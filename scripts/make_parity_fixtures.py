@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the golden fixtures that tests/parity.rs and src/resnet.rs compare against.
+"""Writes the golden fixtures that tests/parity.rs and src/model/resnet.rs compare against.
 
 Written from docs/pixpro-spec.md sections 2-4 (not from the reference code):
 the positive mask, the per-pixel projector, the PPM and the consistency loss in

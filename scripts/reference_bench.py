@@ -77,7 +77,7 @@ def parse_args():
                    help="cuda: the reference's own GPU set-up (model.cuda(), NCCL, cudnn.benchmark, "
                         "non-blocking copies from its pinned-memory loader)")
     p.add_argument("--pixpro-malloc", action="store_true",
-                   help="glibc malloc set as pixpro's src/malloc.rs sets it (for networks mode's floor)")
+                   help="glibc malloc set as pixpro's src/train/malloc.rs sets it (for networks mode's floor)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the forward pass under torch.autocast with bfloat16 (train mode)")
     return p.parse_args()
