@@ -1,0 +1,73 @@
+//! `pixpro data`: evaluation data sets built from installed packages.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use pixpro::tools::tuxseg::{self, TuxsegOptions};
+
+#[derive(Subcommand)]
+pub(super) enum DataCommand {
+    /// Cut-and-paste segmentation on real photos (Debian wallpapers + Tux Paint stamps).
+    #[command(after_help = "Example:\n  pixpro data tuxseg --out data/tuxseg --seed 0")]
+    Tuxseg(TuxsegArgs),
+}
+
+#[derive(Args)]
+pub(super) struct TuxsegArgs {
+    /// Output folder (must be missing or empty): pretrain/, voc/, classes.txt, README.md.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Unlabelled pretraining scenes.
+    #[arg(long)]
+    pretrain_images: Option<usize>,
+    /// Labelled probe train scenes.
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Labelled probe val scenes.
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Side of the square scenes, in pixels.
+    #[arg(long)]
+    image_size: Option<u32>,
+}
+
+pub(super) fn run(command: &DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Tuxseg(a) => build_tuxseg(a),
+    }
+}
+
+fn build_tuxseg(args: &TuxsegArgs) -> Result<()> {
+    let mut opts = TuxsegOptions { out: args.out.clone(), seed: args.seed, ..Default::default() };
+    if let Some(n) = args.pretrain_images {
+        opts.pretrain_images = n;
+    }
+    if let Some(n) = args.train_images {
+        opts.train_images = n;
+    }
+    if let Some(n) = args.val_images {
+        opts.val_images = n;
+    }
+    if let Some(s) = args.image_size {
+        opts.image_size = s;
+    }
+    let started = Instant::now();
+    let s = tuxseg::build(&opts)?;
+    eprintln!(
+        "TuxSeg in {} ({:.0} s): {} pretrain / {} train / {} val scenes, {} classes, from {} + {} photos and {} + {} objects",
+        args.out.display(),
+        started.elapsed().as_secs_f64(),
+        s.pretrain_images,
+        s.train_images,
+        s.val_images,
+        s.classes.len(),
+        s.pretrain_photos,
+        s.heldout_photos,
+        s.stamps_a.iter().sum::<usize>(),
+        s.stamps_b.iter().sum::<usize>()
+    );
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! `pixpro pretrain`: a new run from a preset, a TOML file and flags, or the
+//! continuation of one from its saved config.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pixpro::distributed::collective::Launch;
+use pixpro::method::Method;
+use pixpro::model::precision::Precision;
+use pixpro::train::config::{Config, Preset};
+use pixpro::train::{self, RunDir, RunOptions};
+
+use super::args::{ConfigFile, DeviceArg, ImageFolder, Quiet, Workers};
+
+#[derive(Args)]
+pub(super) struct PretrainArgs {
+    #[command(flatten)]
+    images: ImageFolder,
+    /// Run directory: config.toml, metrics.jsonl, checkpoints/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Starting recipe [default: paper-r50 with a CUDA device, else cpu].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    #[command(flatten)]
+    config: ConfigFile,
+    /// What to learn: pixpro, pixpro+instance (adds the BYOL-style instance
+    /// branch), or the baselines byol and pixcontrast [default: pixpro].
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Total optimiser steps (overrides --epochs).
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Total epochs over the data.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Images per step in this process (two views each).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Arithmetic of the networks' forward passes: fp32, or bf16 autocast
+    /// (faster where the CPU or GPU has bfloat16 units) [default: fp32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    #[command(flatten)]
+    loader: Workers,
+    /// Save a checkpoint every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Continue RUN from its last checkpoint (also the default when RUN has one).
+    #[arg(long)]
+    resume: bool,
+    /// Stop with a checkpoint once this many steps are done, before the end.
+    #[arg(long)]
+    stop_at: Option<u64>,
+    #[command(flatten)]
+    progress: Quiet,
+}
+
+impl PretrainArgs {
+    /// Applies the flags that change what is trained.
+    fn apply_recipe_flags(&self, cfg: &mut Config) {
+        if let Some(m) = self.method {
+            cfg.model.method = m;
+        }
+        if let Some(s) = self.steps {
+            cfg.train.steps = s;
+        }
+        if let Some(e) = self.epochs {
+            cfg.train.epochs = e;
+            cfg.train.steps = 0;
+        }
+        if let Some(b) = self.batch_size {
+            cfg.train.batch_size = b;
+        }
+        if let Some(s) = self.seed {
+            cfg.train.seed = s;
+        }
+        if let Some(p) = self.precision {
+            cfg.train.precision = p;
+        }
+    }
+
+    /// Applies the flags that change only how it runs; allowed on resume.
+    fn apply_runtime_flags(&self, cfg: &mut Config) {
+        if let Some(w) = self.loader.workers {
+            cfg.train.workers = w;
+        }
+        if let Some(c) = self.checkpoint_every {
+            cfg.train.checkpoint_every = c;
+        }
+        if let Some(d) = self.device {
+            cfg.train.device = d.into();
+        }
+    }
+
+    fn requested_config(&self) -> Result<Config> {
+        let preset = self.preset.unwrap_or(if tch::Cuda::is_available() {
+            Preset::PaperR50
+        } else {
+            Preset::Cpu
+        });
+        let mut cfg = self.config.over(preset.config())?;
+        self.apply_recipe_flags(&mut cfg);
+        self.apply_runtime_flags(&mut cfg);
+        Ok(cfg)
+    }
+
+    /// On resume the run's saved config wins; flags and files given again
+    /// must describe the same recipe (so the same command continues a run),
+    /// and only how it runs may change.
+    fn resumed_config(&self, run: &RunDir) -> Result<Config> {
+        let saved = train::saved_config(run)
+            .with_context(|| format!("cannot resume {}", run.root.display()))?;
+        let base = match self.preset {
+            Some(p) => p.config(),
+            None => saved.clone(),
+        };
+        let mut cfg = self.config.over(base)?;
+        self.apply_recipe_flags(&mut cfg);
+        let t = &saved.train;
+        cfg.train.workers = t.workers;
+        cfg.train.prefetch = t.prefetch;
+        cfg.train.threads = t.threads;
+        cfg.train.checkpoint_every = t.checkpoint_every;
+        cfg.train.log_every = t.log_every;
+        cfg.train.device = t.device;
+        if cfg != saved {
+            let changed = diff_keys(&saved.to_toml(), &cfg.to_toml());
+            bail!(
+                "{} was started with another recipe (differs in {}); continue it without \
+                 those options, or give a new --out to start a new run",
+                run.root.display(),
+                changed.join(", ")
+            );
+        }
+        self.apply_runtime_flags(&mut cfg);
+        Ok(cfg)
+    }
+}
+
+/// Keys whose values differ between two TOML documents, as `table.key`.
+fn diff_keys(a: &str, b: &str) -> Vec<String> {
+    fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(inner) => flatten(&key, inner, out),
+                other => out.push((key, other.to_string())),
+            }
+        }
+    }
+    let parse = |s: &str| {
+        let mut out = Vec::new();
+        if let Ok(t) = s.parse::<toml::Table>() {
+            flatten("", &t, &mut out);
+        }
+        out
+    };
+    let (a, b) = (parse(a), parse(b));
+    let mut keys: Vec<String> =
+        b.iter().filter(|kv| !a.contains(kv)).map(|kv| kv.0.clone()).collect();
+    keys.extend(a.iter().filter(|(k, _)| !b.iter().any(|kv| &kv.0 == k)).map(|kv| kv.0.clone()));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The first words of a resumable command's last line: why it stopped
+/// early, and that the same command continues, or "finished".
+pub(super) fn outcome(stopped_by: &Option<String>) -> String {
+    match stopped_by {
+        Some(why) => format!("stopped ({why}); run the same command to continue"),
+        None => "finished".to_string(),
+    }
+}
+
+pub(super) fn run(args: &PretrainArgs) -> Result<()> {
+    let run = RunDir::new(&args.out);
+    let resuming = run.can_resume();
+    if args.resume && !resuming {
+        bail!(
+            "--resume: {} has no checkpoints/last.safetensors to continue from",
+            run.root.display()
+        );
+    }
+    let cfg = if resuming { args.resumed_config(&run)? } else { args.requested_config()? };
+    cfg.validate()?;
+    // In a data-parallel run only rank 0 reports; the others train quietly.
+    let quiet = args.progress.quiet || Launch::from_env()?.is_some_and(|l| l.rank != 0);
+    let data = &args.images.data;
+    if !quiet {
+        eprintln!(
+            "pixpro pretrain: {} {} px, batch {}, {} -> {}{}",
+            cfg.model.arch,
+            cfg.augment.image_size,
+            cfg.train.batch_size,
+            data.display(),
+            run.root.display(),
+            if resuming { " (resuming)" } else { "" }
+        );
+    }
+    let started = Instant::now();
+    let summary = train::pretrain(
+        &cfg,
+        &RunOptions { data: data.clone(), run, stop_at: args.stop_at, quiet },
+    )?;
+    if !quiet {
+        let how = outcome(&summary.stopped_by);
+        eprintln!(
+            "{how}: step {}/{}, loss {}, {:.1} img/s, data wait {:.1}%, {:.0} s; outputs in {}",
+            summary.steps_done,
+            summary.total_steps,
+            summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+            summary.images_per_sec,
+            100.0 * summary.data_wait_fraction,
+            started.elapsed().as_secs_f64(),
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}
