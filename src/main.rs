@@ -23,8 +23,26 @@ fn main() -> ExitCode {
         // Exit 1, not clap's 2 for a bad command line, so that a script can
         // tell the two apart.
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", each said once: the library's
+/// `Error::Io` and `Error::Torch` write their source into their own message
+/// and also hand it on as the cause, which `{:#}` would print again.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.ends_with(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
