@@ -1,0 +1,116 @@
+//! One job: pretraining (none for `random`) into the job's folder, then the
+//! probe of its backbone, measured and stamped with where and from which
+//! code it ran.
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use super::plan::{Job, Plan};
+use super::results::{Hardware, JobResult};
+use crate::train::{self, RunDir, RunOptions};
+use crate::transfer::backbone::Backbone;
+use crate::transfer::probe::{probe_into, ProbeConfig};
+use crate::{Error, Result};
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The commit of the checkout this binary was built from, `-dirty` with
+/// local changes: asking git in the working directory instead recorded
+/// whatever repository the runner was started in, or none outside one.
+/// `None` when the source folder is gone or is not a git checkout.
+fn git_commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
+/// Pretraining throughput over the whole run, resumed sessions included:
+/// the harmonic mean of the `images_per_sec` of metrics.jsonl's windows
+/// (equal numbers of images each, so this is total images over step time).
+fn run_throughput(metrics: &Path) -> Result<f64> {
+    #[derive(Deserialize)]
+    struct Line {
+        images_per_sec: f64,
+    }
+    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
+    let rates = text
+        .lines()
+        .map(|l| serde_json::from_str::<Line>(l).map(|l| l.images_per_sec))
+        .collect::<std::result::Result<Vec<f64>, _>>()
+        .map_err(|e| Error::data(metrics, e.to_string()))?;
+    if rates.is_empty() || rates.iter().any(|r| *r <= 0.0) {
+        return Err(Error::data(metrics, "no positive images_per_sec lines"));
+    }
+    Ok(rates.len() as f64 / rates.iter().map(|r| 1.0 / r).sum::<f64>())
+}
+
+/// How a job ended.
+pub(super) enum Outcome {
+    Done(Box<JobResult>),
+    /// Pretraining stopped before the end (a signal); it resumes next time.
+    Stopped(String),
+}
+
+pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result<Outcome> {
+    let clock = Instant::now();
+    let started_at = unix_now();
+    let dir = out.join("jobs").join(&job.id);
+    let device = train::pick_device(job.config.train.device)?;
+    let (backbone, images_per_sec, steps) = if job.method == "random" {
+        let m = &job.config.model;
+        (Backbone::random(m.arch, m.output_stride, job.seed, device)?, None, 0)
+    } else {
+        let run = RunDir::new(&dir);
+        let opts = RunOptions {
+            data: plan.data.join("pretrain"),
+            run: RunDir::new(&dir),
+            stop_at: None,
+            quiet,
+        };
+        let summary = train::pretrain(&job.config, &opts)?;
+        if !summary.finished {
+            let why = summary.stopped_by.unwrap_or_else(|| "stopped".into());
+            return Ok(Outcome::Stopped(format!("{} at step {}", why, summary.steps_done)));
+        }
+        let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), device)?;
+        (backbone, Some(run_throughput(&run.metrics())?), summary.steps_done)
+    };
+    let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
+    let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
+    Ok(Outcome::Done(Box::new(JobResult {
+        id: job.id.clone(),
+        method: job.method.clone(),
+        seed: job.seed,
+        knobs: job
+            .knobs
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+            .collect(),
+        miou: r.miou,
+        per_class_iou: r.per_class_iou,
+        pixel_accuracy: r.pixel_accuracy,
+        images_per_sec,
+        wall_s: clock.elapsed().as_secs_f64(),
+        steps,
+        probe,
+        started_at,
+        finished_at: unix_now(),
+        hardware: Hardware::this_machine(device),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: git_commit(),
+    })))
+}

@@ -1,0 +1,401 @@
+//! The plan file: read, checked key by key (every error names the file and
+//! the key), expanded into the grid's jobs in run order and the groups of
+//! the report.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::method::Method;
+use crate::train::config::{toml_error, Config, Preset};
+use crate::transfer::probe::ProbeConfig;
+use crate::{Error, Result};
+
+/// Every method a plan may name: `random` probes a randomly initialised
+/// backbone without pretraining; the others are the `model.method` values.
+pub fn method_names() -> Vec<&'static str> {
+    std::iter::once("random").chain(Method::ALL.iter().map(|m| m.name())).collect()
+}
+
+/// The method whose knobs the ablations vary.
+const ABLATED_METHOD: &str = "pixpro";
+
+/// The plan file as written; [`Plan::load`] checks it and expands the jobs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    /// A folder made by `pixpro data tuxseg`, relative to the plan file.
+    data: PathBuf,
+    #[serde(default = "default_preset")]
+    preset: String,
+    steps: u64,
+    seeds: Vec<u64>,
+    #[serde(default)]
+    methods: Vec<String>,
+    /// [`ProbeConfig`] keys; a table first, to refuse `seed` (each job's).
+    #[serde(default)]
+    probe: toml::Table,
+    #[serde(default)]
+    ablation: Vec<AblationFile>,
+    #[serde(default)]
+    overrides: toml::Table,
+}
+
+fn default_preset() -> String {
+    "cpu".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AblationFile {
+    key: String,
+    values: Vec<toml::Value>,
+    seeds: Option<Vec<u64>>,
+}
+
+/// One pretrain + probe job of the grid.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub method: String,
+    pub seed: u64,
+    /// Config keys whose value differs from the grid's base config.
+    pub knobs: BTreeMap<String, toml::Value>,
+    /// The full pretraining config (unused for `random` but its backbone's
+    /// architecture and output stride).
+    pub config: Config,
+}
+
+/// A table of the report: rows of jobs that differ only in their seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub title: String,
+    /// What the row label names: "method" or the ablated key.
+    pub row_name: String,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub label: String,
+    /// The ids of the row's jobs, one per seed.
+    pub ids: Vec<String>,
+}
+
+/// A checked plan: where the data is, the jobs in run order, the groups of
+/// the report.
+#[derive(Debug)]
+pub struct Plan {
+    pub path: PathBuf,
+    pub data: PathBuf,
+    pub preset: String,
+    pub steps: u64,
+    pub base: Config,
+    pub probe: ProbeConfig,
+    pub jobs: Vec<Job>,
+    pub groups: Vec<Group>,
+}
+
+/// Error of a plan key, naming the plan file.
+fn plan_error(path: &Path, key: &str, reason: impl std::fmt::Display) -> Error {
+    Error::config(key, format!("{reason} (in {})", path.display()))
+}
+
+/// `key` (dotted) as nested tables holding `value`.
+fn nested(key: &str, value: toml::Value) -> toml::Table {
+    let mut parts = key.rsplit('.');
+    let last = parts.next().unwrap_or(key).to_string();
+    let mut table = toml::Table::from_iter([(last, value)]);
+    for part in parts {
+        table = toml::Table::from_iter([(part.to_string(), toml::Value::Table(table))]);
+    }
+    table
+}
+
+/// The value at dotted `key` of a table, if there is one.
+fn value_at<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let (first, rest) = match key.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (key, None),
+    };
+    match (table.get(first)?, rest) {
+        (toml::Value::Table(t), Some(rest)) => value_at(t, rest),
+        (v, None) => Some(v),
+        _ => None,
+    }
+}
+
+/// A value as it reads in ids and tables: strings without quotes.
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn job_id(method: &str, knobs: &BTreeMap<String, toml::Value>, seed: u64) -> String {
+    let mut parts = vec![method.to_string()];
+    for (key, value) in knobs {
+        let short = key.rsplit('.').next().unwrap_or(key);
+        parts.push(format!("{short}={}", value_text(value)));
+    }
+    parts.push(format!("s{seed}"));
+    parts.join("-")
+}
+
+impl Plan {
+    /// Reads and checks a plan file: every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Plan> {
+        let file = parse(path)?;
+        let data = path.parent().unwrap_or(Path::new("")).join(&file.data);
+        check_data(path, &data)?;
+        let preset = <Preset as clap::ValueEnum>::from_str(&file.preset, false).map_err(|_| {
+            plan_error(path, "preset", format!("`{}` is not cpu or paper-r50", file.preset))
+        })?;
+        if file.steps == 0 {
+            return Err(plan_error(path, "steps", "must be at least 1"));
+        }
+        if file.seeds.is_empty() {
+            return Err(plan_error(path, "seeds", "needs at least one seed"));
+        }
+        let probe = probe_config(path, &file.probe)?;
+        let base = base_config(path, preset, &file)?;
+
+        let mut grid = Grid::new(base)?;
+        check_methods(path, &file.methods)?;
+        grid.expand_methods(path, &file.methods, &file.seeds)?;
+        let compared = grid.jobs.len();
+        for (i, ab) in file.ablation.iter().enumerate() {
+            grid.expand_ablation(path, i, ab, &file.seeds)?;
+        }
+        // Seed-major across all ablations too (a stable sort keeps the
+        // plan's order within a seed): a grid stopped part-way has every
+        // knob value at the first seeds, not one knob at every seed.
+        grid.jobs[compared..].sort_by_key(|j| j.seed);
+        if grid.jobs.is_empty() {
+            return Err(plan_error(
+                path,
+                "methods",
+                "the plan has no jobs: name methods or ablations",
+            ));
+        }
+        Ok(Plan {
+            path: path.to_path_buf(),
+            data,
+            preset: file.preset,
+            steps: file.steps,
+            base: grid.base,
+            probe,
+            jobs: grid.jobs,
+            groups: grid.groups,
+        })
+    }
+}
+
+/// The plan file's text as typed keys; a parse error names the plan file.
+fn parse(path: &Path) -> Result<PlanFile> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text).map_err(|e| match toml_error(e) {
+        Error::Config { key, reason } => plan_error(path, &key, reason),
+        other => other,
+    })
+}
+
+/// `data` must be the layout `pixpro data tuxseg` makes.
+fn check_data(path: &Path, data: &Path) -> Result<()> {
+    for part in ["pretrain", "voc"] {
+        if !data.join(part).is_dir() {
+            return Err(Error::data(
+                data.join(part),
+                format!(
+                    "not a folder: `data` in {} must name a folder made by `pixpro data \
+                     tuxseg` (with pretrain/ and voc/), relative to the plan file",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The plan's `[probe]` table, checked; its seed is each job's.
+fn probe_config(path: &Path, table: &toml::Table) -> Result<ProbeConfig> {
+    if table.contains_key("seed") {
+        return Err(plan_error(path, "probe.seed", "the probe uses each job's seed"));
+    }
+    let probe: ProbeConfig = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| plan_error(path, "probe", e.message().trim()))?;
+    probe.validate().map_err(|e| plan_error(path, "probe", e))?;
+    Ok(probe)
+}
+
+/// The preset with the plan's `[overrides]` and `steps`: what every job
+/// starts from.
+fn base_config(path: &Path, preset: Preset, file: &PlanFile) -> Result<Config> {
+    let mut base = preset
+        .config()
+        .with_overlay(file.overrides.clone())
+        .map_err(|e| plan_error(path, "overrides", e))?;
+    base.train.steps = file.steps;
+    base.validate().map_err(|e| plan_error(path, "overrides", e))?;
+    Ok(base)
+}
+
+/// Every name of `methods` is known, and named once.
+fn check_methods(path: &Path, methods: &[String]) -> Result<()> {
+    let mut methods_seen = BTreeSet::new();
+    let known = method_names();
+    for m in methods {
+        if !known.contains(&m.as_str()) {
+            return Err(plan_error(
+                path,
+                "methods",
+                format!("unknown method `{m}`; one of {}", known.join(", ")),
+            ));
+        }
+        if !methods_seen.insert(m.as_str()) {
+            return Err(plan_error(path, "methods", format!("`{m}` is named twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The jobs and report groups as the plan's parts are expanded.
+struct Grid {
+    base: Config,
+    /// `base` as a table, to tell which knobs of a job differ from it.
+    base_table: toml::Table,
+    jobs: Vec<Job>,
+    groups: Vec<Group>,
+}
+
+impl Grid {
+    fn new(base: Config) -> Result<Grid> {
+        let base_table = base.to_table()?;
+        Ok(Grid { base, base_table, jobs: Vec::new(), groups: Vec::new() })
+    }
+
+    /// A job's config and the knobs that set it apart from the base.
+    fn job(&self, method: &str, knob: Option<(&str, &toml::Value)>, seed: u64) -> Result<Job> {
+        let mut config = self.base.clone();
+        // Set for every method, so that an `[overrides]` method cannot
+        // turn the plan's pixpro jobs into something else.
+        if method != "random" {
+            config = config.with_overlay(nested("model.method", method.into()))?;
+        }
+        if let Some((key, value)) = knob {
+            config = config.with_overlay(nested(key, value.clone()))?;
+        }
+        config.train.seed = seed;
+        config.validate()?;
+        let table = config.to_table()?;
+        let knobs = knob
+            .and_then(|(key, _)| {
+                let v = value_at(&table, key)?;
+                (value_at(&self.base_table, key) != Some(v)).then(|| (key.to_string(), v.clone()))
+            })
+            .into_iter()
+            .collect();
+        Ok(Job {
+            id: job_id(method, &knobs, seed),
+            method: method.to_string(),
+            seed,
+            knobs,
+            config,
+        })
+    }
+
+    /// Adds `job` unless a job of its id is there already; its id either way.
+    fn add(&mut self, job: Job) -> String {
+        if !self.jobs.iter().any(|k| k.id == job.id) {
+            self.jobs.push(job.clone());
+        }
+        job.id
+    }
+
+    /// The `methods` x `seeds` jobs and their group.
+    fn expand_methods(&mut self, path: &Path, methods: &[String], seeds: &[u64]) -> Result<()> {
+        // Seed-major: a grid stopped after any seed compares all methods fairly.
+        let mut rows: Vec<Row> =
+            methods.iter().map(|m| Row { label: m.clone(), ids: Vec::new() }).collect();
+        for &seed in seeds {
+            for (m, row) in methods.iter().zip(&mut rows) {
+                let j = self.job(m, None, seed).map_err(|e| {
+                    plan_error(path, "methods", format!("method `{m}` cannot be configured: {e}"))
+                })?;
+                row.ids.push(self.add(j));
+            }
+        }
+        if !rows.is_empty() {
+            self.groups.push(Group { title: "Methods".into(), row_name: "method".into(), rows });
+        }
+        Ok(())
+    }
+
+    /// The jobs of `ablation[i]`, values x seeds (the plan's seeds unless it
+    /// names its own), and their group.
+    fn expand_ablation(
+        &mut self,
+        path: &Path,
+        i: usize,
+        ab: &AblationFile,
+        plan_seeds: &[u64],
+    ) -> Result<()> {
+        let at = format!("ablation[{i}]");
+        let seeds = check_ablation(path, &at, ab, plan_seeds)?;
+        let mut rows: Vec<Row> = Vec::new();
+        for &seed in seeds {
+            for (v, value) in ab.values.iter().enumerate() {
+                let j = self.job(ABLATED_METHOD, Some((&ab.key, value)), seed).map_err(|e| {
+                    plan_error(
+                        path,
+                        &format!("{at}.key"),
+                        format!("`{}` = {value} does not make a valid config: {e}", ab.key),
+                    )
+                })?;
+                if rows.len() == v {
+                    let shown = value_at(&j.config.to_table()?, &ab.key).map(value_text);
+                    let mut label = shown.unwrap_or_else(|| value_text(value));
+                    if j.knobs.is_empty() {
+                        label.push_str(" (default)");
+                    }
+                    rows.push(Row { label, ids: Vec::new() });
+                }
+                rows[v].ids.push(self.add(j));
+            }
+        }
+        self.groups.push(Group {
+            title: format!("Ablation of {} ({ABLATED_METHOD})", ab.key),
+            row_name: ab.key.clone(),
+            rows,
+        });
+        Ok(())
+    }
+}
+
+/// The ablation `at` varies a knob the runner leaves to it, over some
+/// values and seeds; its seeds.
+fn check_ablation<'a>(
+    path: &Path,
+    at: &str,
+    ab: &'a AblationFile,
+    plan_seeds: &'a [u64],
+) -> Result<&'a [u64]> {
+    // The runner sets these itself: from `methods`, `seeds` and `steps`.
+    if ["model.method", "train.seed", "train.steps"].contains(&ab.key.as_str()) {
+        return Err(plan_error(
+            path,
+            &format!("{at}.key"),
+            format!("`{}` is set by the plan's methods, seeds or steps", ab.key),
+        ));
+    }
+    if ab.values.is_empty() {
+        return Err(plan_error(path, &format!("{at}.values"), "needs at least one value"));
+    }
+    let seeds = ab.seeds.as_deref().unwrap_or(plan_seeds);
+    if seeds.is_empty() {
+        return Err(plan_error(path, &format!("{at}.seeds"), "needs at least one seed"));
+    }
+    Ok(seeds)
+}

@@ -1,0 +1,120 @@
+//! What the grid records: one [`JobResult`] per finished job in
+//! `results.json`, rewritten whole (atomically) after every job, and the
+//! check that recorded jobs were run with the plan's budget and probe.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::Plan;
+use crate::train::checkpoint::write_atomically;
+use crate::transfer::probe::ProbeConfig;
+use crate::{Error, Result};
+
+/// The machine a job ran on, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu: String,
+    /// Logical CPUs this process may use.
+    pub cores: usize,
+    /// libtorch intra-op threads.
+    pub threads: usize,
+    /// Where the job ran (`Cpu`, `Cuda(0)`).
+    pub device: String,
+}
+
+impl Hardware {
+    pub(super) fn this_machine(device: tch::Device) -> Hardware {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("model name"))?;
+                Some(line.split_once(':')?.1.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        Hardware {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            threads: tch::get_num_threads().max(0) as usize,
+            device: format!("{device:?}"),
+        }
+    }
+}
+
+/// One finished job: a line of `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub id: String,
+    pub method: String,
+    pub seed: u64,
+    /// Config keys that differ from the grid's base config; empty for defaults.
+    pub knobs: BTreeMap<String, serde_json::Value>,
+    pub miou: f64,
+    pub per_class_iou: BTreeMap<String, Option<f64>>,
+    pub pixel_accuracy: f64,
+    /// Pretraining images per second over the whole run; `None` for random.
+    pub images_per_sec: Option<f64>,
+    /// Pretraining (the part run in the session that finished it) plus probe.
+    pub wall_s: f64,
+    /// Pretraining steps; 0 for random.
+    pub steps: u64,
+    pub probe: ProbeConfig,
+    /// Unix seconds when the session that finished the job started it.
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub hardware: Hardware,
+    pub version: String,
+    /// The commit of the source checkout the runner was built from,
+    /// `-dirty` with local changes.
+    pub commit: Option<String>,
+}
+
+/// The jobs of `results` (a missing file holds none).
+pub fn read_results(path: &Path) -> Result<Vec<JobResult>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| Error::data(path, format!("not a results list: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+pub(super) fn write_results(path: &Path, results: &[JobResult]) -> Result<()> {
+    let json =
+        serde_json::to_string_pretty(results).map_err(|e| Error::data(path, e.to_string()))?;
+    write_atomically(path, json.as_bytes())
+}
+
+/// The recorded results of the plan's jobs must come from the same budget
+/// and probe recipe, or the tables would mix them.
+pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) -> Result<()> {
+    for r in results {
+        let Some(job) = plan.jobs.iter().find(|j| j.id == r.id) else { continue };
+        let steps = if job.method == "random" { 0 } else { plan.steps };
+        let probe = ProbeConfig { seed: r.seed, ..plan.probe.clone() };
+        if r.steps != steps || r.probe != probe {
+            return Err(Error::data(
+                path,
+                format!(
+                    "job {} was run with {} steps and probe {:?}; the plan {} asks for {steps} \
+                     and {probe:?}. Give another --results file to start a new grid",
+                    r.id,
+                    r.steps,
+                    r.probe,
+                    plan.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The ids of the plan's jobs already in `results`.
+pub fn finished_ids(plan: &Plan, results: &[JobResult]) -> BTreeSet<String> {
+    plan.jobs
+        .iter()
+        .filter(|j| results.iter().any(|r| r.id == j.id))
+        .map(|j| j.id.clone())
+        .collect()
+}

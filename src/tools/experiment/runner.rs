@@ -1,0 +1,138 @@
+//! The grid's loop: the jobs not yet recorded, in plan order, each recorded
+//! and the report redrawn as it finishes, with progress lines and an ETA;
+//! it stops at `--max-jobs`, at a signal, or when pretraining is stopped.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::job::{run_job, Outcome};
+use super::plan::{Job, Plan};
+use super::report::{minutes, write_report};
+use super::results::{check_recorded, finished_ids, read_results, write_results};
+use crate::{Error, Result};
+
+/// How a run of the grid goes.
+pub struct RunnerOptions {
+    /// Jobs' folders, results.md and results.png go here.
+    pub out: PathBuf,
+    /// The results list read at start and rewritten after every job.
+    pub results: PathBuf,
+    /// Stop after running this many jobs (finished ones skipped do not count).
+    pub max_jobs: Option<usize>,
+    /// No progress lines and no pretraining progress.
+    pub quiet: bool,
+}
+
+/// What one call of [`run`] did.
+#[derive(Debug)]
+pub struct RunReport {
+    pub ran: usize,
+    pub skipped: usize,
+    pub remaining: usize,
+    /// Why it stopped before the end, if it did.
+    pub stopped_by: Option<String>,
+}
+
+/// Seconds spent and jobs run in this session, apart for probe-only
+/// (`random`) and pretraining jobs: the first take a minute, the second
+/// many, so one mean over both would mislead the ETA.
+#[derive(Default)]
+struct Clock {
+    spent: [f64; 2],
+    ran: [usize; 2],
+}
+
+fn kind(job: &Job) -> usize {
+    usize::from(job.method != "random")
+}
+
+impl Clock {
+    fn add(&mut self, job: &Job, seconds: f64) {
+        self.spent[kind(job)] += seconds;
+        self.ran[kind(job)] += 1;
+    }
+
+    /// Time left for `left` at the mean time of the jobs of their kind.
+    fn eta(&self, left: &[&Job]) -> String {
+        let mut total = 0.0;
+        for job in left {
+            let k = kind(job);
+            if self.ran[k] == 0 {
+                let first = if k == 0 { "probe-only" } else { "pretraining" };
+                return format!("ETA after the first {first} job");
+            }
+            total += self.spent[k] / self.ran[k] as f64;
+        }
+        format!("ETA {}", minutes(total))
+    }
+}
+
+/// Runs the plan's jobs that `opts.results` does not hold yet, in order,
+/// recording each as it finishes. A SIGINT or SIGTERM stops after the
+/// current job (pretraining stops at the next step, with a checkpoint); a
+/// second one exits at once.
+pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
+    let mut results = read_results(&opts.results)?;
+    check_recorded(plan, &results, &opts.results)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    if plan.base.train.threads > 0 {
+        tch::set_num_threads(plan.base.train.threads as i32);
+    }
+    let interrupted = crate::train::interrupt_flag()?;
+    let done_before = finished_ids(plan, &results);
+    let todo: Vec<&Job> = plan.jobs.iter().filter(|j| !done_before.contains(&j.id)).collect();
+    let total = plan.jobs.len();
+    let say = |line: String| {
+        if !opts.quiet {
+            eprintln!("{line}");
+        }
+    };
+    say(format!(
+        "experiment {}: {total} jobs, {} finished before, {} to run; results in {}",
+        plan.path.display(),
+        done_before.len(),
+        todo.len(),
+        opts.results.display()
+    ));
+    write_report(plan, &results, &opts.out)?;
+    let mut report =
+        RunReport { ran: 0, skipped: done_before.len(), remaining: todo.len(), stopped_by: None };
+    let mut clock = Clock::default();
+    for (k, job) in todo.iter().enumerate() {
+        if opts.max_jobs.is_some_and(|m| report.ran >= m) {
+            report.stopped_by = Some(format!("--max-jobs {}", report.ran));
+            break;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            report.stopped_by = Some("interrupted by a signal".into());
+            break;
+        }
+        let position = done_before.len() + k + 1;
+        say(format!("[{position}/{total}] start {} ({})", job.id, clock.eta(&todo[k..])));
+        let started = Instant::now();
+        let outcome = run_job(plan, job, &opts.out, opts.quiet)?;
+        clock.add(job, started.elapsed().as_secs_f64());
+        report.ran += 1;
+        match outcome {
+            Outcome::Stopped(why) => {
+                report.stopped_by = Some(format!("{}: {why}", job.id));
+                break;
+            }
+            Outcome::Done(r) => {
+                say(format!(
+                    "[{position}/{total}] done {}: mIoU {:.4}, {}, {} left ({})",
+                    job.id,
+                    r.miou,
+                    minutes(r.wall_s),
+                    todo.len() - k - 1,
+                    clock.eta(&todo[k + 1..])
+                ));
+                results.push(*r);
+                write_results(&opts.results, &results)?;
+                write_report(plan, &results, &opts.out)?;
+                report.remaining -= 1;
+            }
+        }
+    }
+    Ok(report)
+}
