@@ -222,76 +222,9 @@ pub fn run_probe_on(
             ));
         }
     }
-    let s = config.image_size;
-
-    let (train_feats, train_masks) = extract(backbone, train, config, device, true)?;
-    let train_masks: Vec<u8> = train_masks.into_iter().flat_map(|(m, _, _)| m).collect();
-    let train_masks = Tensor::from_slice(&train_masks)
-        .view([train.len() as i64, s as i64, s as i64])
-        .to_device(device);
-    let (val_feats, val_masks) = extract(backbone, val, config, device, false)?;
-    let (_, c, h, w) = train_feats.size4()?;
-
-    // Per-channel standardisation with train statistics: [1, C, 1, 1].
-    let mean = train_feats.f_mean_dim(&[0i64, 2, 3][..], true, Kind::Float)?;
-    let std = train_feats.f_std_correction(&[0i64, 2, 3][..], 0, true)?.f_clamp_min(1e-6)?;
-    let train_feats = (train_feats - &mean) / &std;
-    let val_feats = (val_feats - &mean) / &std;
-
-    let vs = nn::VarStore::new(device);
-    let weight = vs.root().zeros("weight", &[k as i64, c, 1, 1]);
-    let bias = vs.root().zeros("bias", &[k as i64]);
-    let classify = |x: &Tensor| x.f_conv2d(&weight, Some(&bias), [1, 1], [0, 0], [1, 1], 1);
-    let mut opt = nn::OptimizerConfig::build(nn::Adam::default(), &vs, config.lr)?;
-
-    let n = train.len();
-    let steps_per_epoch = n.div_ceil(config.batch_size);
-    let total_steps = (steps_per_epoch * config.epochs) as f64;
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut order: Vec<i64> = (0..n as i64).collect();
-    let mut step = 0usize;
-    for _ in 0..config.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(config.batch_size) {
-            opt.set_lr(
-                config.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps).cos()),
-            );
-            let idx = Tensor::from_slice(chunk).to_device(device);
-            let x = train_feats.f_index_select(0, &idx)?; // [B, C, h, w]
-            let y = train_masks.f_index_select(0, &idx)?.f_to_kind(Kind::Int64)?; // [B, S, S]
-            let logits =
-                classify(&x)?.f_upsample_bilinear2d([s as i64, s as i64], false, None, None)?;
-            // Sum over labelled pixels / their count: a batch of only ignore
-            // pixels then gives 0, not the NaN that a plain mean would.
-            let loss_sum = logits.f_cross_entropy_loss::<Tensor>(
-                &y,
-                None,
-                Reduction::Sum,
-                IGNORE as i64,
-                0.0,
-            )?;
-            let labelled = y.f_ne(IGNORE as i64)?.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
-            opt.backward_step(&(loss_sum / labelled));
-            step += 1;
-        }
-    }
-
-    let mut confusion = vec![vec![0u64; k]; k];
-    let mut examples = Vec::new();
-    tch::no_grad(|| -> Result<()> {
-        for (i, (mask, mh, mw)) in val_masks.iter().enumerate() {
-            let x = val_feats.f_narrow(0, i as i64, 1)?;
-            let logits =
-                classify(&x)?.f_upsample_bilinear2d([*mh as i64, *mw as i64], false, None, None)?;
-            let pred = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
-            let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
-            accumulate_confusion(&mut confusion, mask, &pred);
-            if i < EXAMPLES {
-                examples.push((val.ids()[i].clone(), pred));
-            }
-        }
-        Ok(())
-    })?;
+    let features = Features::extract(backbone, train, val, config, device)?;
+    let classifier = Classifier::train(&features, k, config, device)?;
+    let (confusion, examples) = classifier.evaluate(&features, val, k)?;
     let scores = miou_from_confusion(&confusion);
     if confusion.iter().flatten().sum::<u64>() == 0 {
         return Err(Error::data(
@@ -307,12 +240,147 @@ pub fn run_probe_on(
         config: config.clone(),
         classes: classes.to_vec(),
         confusion,
-        train_images: n,
+        train_images: train.len(),
         val_images: val.len(),
-        feature_shape: [c, h, w],
+        feature_shape: features.shape,
         seconds: start.elapsed().as_secs_f64(),
         examples,
     })
+}
+
+/// Both splits through the frozen backbone once, standardised per channel
+/// with train statistics.
+struct Features {
+    /// [N_train, C, h, w].
+    train: Tensor,
+    /// Train masks resized to S x S, [N_train, S, S] (uint8) on the device.
+    train_masks: Tensor,
+    /// [N_val, C, h, w].
+    val: Tensor,
+    /// Val masks at their own size, for scoring at full label resolution.
+    val_masks: Vec<Mask>,
+    /// [C, h, w] of one image.
+    shape: [i64; 3],
+}
+
+impl Features {
+    fn extract(
+        backbone: &dyn Fn(&Tensor) -> Tensor,
+        train: &VocSplit,
+        val: &VocSplit,
+        config: &ProbeConfig,
+        device: Device,
+    ) -> Result<Features> {
+        let s = config.image_size;
+        let (train_feats, train_masks) = extract(backbone, train, config, device, true)?;
+        let train_masks: Vec<u8> = train_masks.into_iter().flat_map(|(m, _, _)| m).collect();
+        let train_masks = Tensor::from_slice(&train_masks)
+            .view([train.len() as i64, s as i64, s as i64])
+            .to_device(device);
+        let (val_feats, val_masks) = extract(backbone, val, config, device, false)?;
+        let (_, c, h, w) = train_feats.size4()?;
+
+        // Per-channel standardisation with train statistics: [1, C, 1, 1].
+        let mean = train_feats.f_mean_dim(&[0i64, 2, 3][..], true, Kind::Float)?;
+        let std = train_feats.f_std_correction(&[0i64, 2, 3][..], 0, true)?.f_clamp_min(1e-6)?;
+        Ok(Features {
+            train: (train_feats - &mean) / &std,
+            train_masks,
+            val: (val_feats - &mean) / &std,
+            val_masks,
+            shape: [c, h, w],
+        })
+    }
+}
+
+/// The probe's 1x1 convolution, K classes over C channels.
+struct Classifier {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Classifier {
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_conv2d(&self.weight, Some(&self.bias), [1, 1], [0, 0], [1, 1], 1)?)
+    }
+
+    /// From zero, Adam with a cosine-decayed learning rate over `epochs`
+    /// passes of seeded batch orders.
+    fn train(features: &Features, k: usize, config: &ProbeConfig, device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let weight = vs.root().zeros("weight", &[k as i64, features.shape[0], 1, 1]);
+        let bias = vs.root().zeros("bias", &[k as i64]);
+        let classifier = Classifier { weight, bias };
+        let mut opt = nn::OptimizerConfig::build(nn::Adam::default(), &vs, config.lr)?;
+
+        let s = config.image_size as i64;
+        let n = features.train.size()[0] as usize;
+        let steps_per_epoch = n.div_ceil(config.batch_size);
+        let total_steps = (steps_per_epoch * config.epochs) as f64;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        let mut step = 0usize;
+        for _ in 0..config.epochs {
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(config.batch_size) {
+                opt.set_lr(cosine_lr(config.lr, step, total_steps));
+                let idx = Tensor::from_slice(chunk).to_device(device);
+                // x: [B, C, h, w], y: [B, S, S].
+                let x = features.train.f_index_select(0, &idx)?;
+                let y = features.train_masks.f_index_select(0, &idx)?.f_to_kind(Kind::Int64)?;
+                let logits =
+                    classifier.logits(&x)?.f_upsample_bilinear2d([s, s], false, None, None)?;
+                opt.backward_step(&masked_cross_entropy(&logits, &y)?);
+                step += 1;
+            }
+        }
+        Ok(classifier)
+    }
+
+    /// The val confusion matrix, each image's logits upsampled to its mask's
+    /// own size, and the predictions of the first [`EXAMPLES`] images.
+    fn evaluate(
+        &self,
+        features: &Features,
+        val: &VocSplit,
+        k: usize,
+    ) -> Result<(Vec<Vec<u64>>, Vec<(String, Vec<u8>)>)> {
+        let mut confusion = vec![vec![0u64; k]; k];
+        let mut examples = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for (i, (mask, mh, mw)) in features.val_masks.iter().enumerate() {
+                let x = features.val.f_narrow(0, i as i64, 1)?;
+                let logits = self.logits(&x)?.f_upsample_bilinear2d(
+                    [*mh as i64, *mw as i64],
+                    false,
+                    None,
+                    None,
+                )?;
+                let pred = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
+                let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
+                accumulate_confusion(&mut confusion, mask, &pred);
+                if i < EXAMPLES {
+                    examples.push((val.ids()[i].clone(), pred));
+                }
+            }
+            Ok(())
+        })?;
+        Ok((confusion, examples))
+    }
+}
+
+/// `lr` at step 0, cosine-decayed towards 0 at `total_steps`.
+fn cosine_lr(lr: f64, step: usize, total_steps: f64) -> f64 {
+    lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps).cos())
+}
+
+/// Cross-entropy summed over labelled pixels / their count: a batch of only
+/// ignore pixels then gives 0, not the NaN that a plain mean would.
+fn masked_cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let loss_sum =
+        logits.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Sum, IGNORE as i64, 0.0)?;
+    let labelled = y.f_ne(IGNORE as i64)?.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
+    Ok(loss_sum / labelled)
 }
 
 fn recipe(config: &ProbeConfig) -> String {
