@@ -344,18 +344,14 @@ impl Classifier {
         features: &Features,
         val: &VocSplit,
         k: usize,
-    ) -> Result<(Vec<Vec<u64>>, Vec<(String, Vec<u8>)>)> {
+    ) -> Result<(Vec<Vec<u64>>, Vec<Prediction>)> {
         let mut confusion = vec![vec![0u64; k]; k];
         let mut examples = Vec::new();
         tch::no_grad(|| -> Result<()> {
             for (i, (mask, mh, mw)) in features.val_masks.iter().enumerate() {
                 let x = features.val.f_narrow(0, i as i64, 1)?;
-                let logits = self.logits(&x)?.f_upsample_bilinear2d(
-                    [*mh as i64, *mw as i64],
-                    false,
-                    None,
-                    None,
-                )?;
+                let size = [i64::from(*mh), i64::from(*mw)];
+                let logits = self.logits(&x)?.f_upsample_bilinear2d(size, false, None, None)?;
                 let pred = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
                 let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
                 accumulate_confusion(&mut confusion, mask, &pred);
@@ -397,6 +393,9 @@ fn recipe(config: &ProbeConfig) -> String {
 
 /// A row-major mask with its height and width.
 type Mask = (Vec<u8>, u32, u32);
+
+/// A val image's id and its predicted classes at the mask's size.
+type Prediction = (String, Vec<u8>);
 
 /// A split's features on `device`, [N, C, h, w], computed batch by batch,
 /// with its masks (row-major, height, width): resized to S x S when
