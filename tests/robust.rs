@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use pixpro::train::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
 use pixpro::train::config::Config;
-use pixpro::train::{
-    open_loader, pretrain, pretrain_with_nan_batches, saved_config, RunDir, Trainer,
-};
+use pixpro::train::{open_loader, pretrain, saved_config, RunDir, RunOptions, Trainer};
 use pixpro::Error;
 
 mod common;
@@ -86,8 +84,8 @@ fn skipped_steps_are_counted_and_a_streak_stops_the_run() {
     make_images(&data, 8);
 
     let once = tmp.path().join("once");
-    let s =
-        pretrain_with_nan_batches(&config(""), &options(&data, &once, None), &|s| s == 2).unwrap();
+    let opts = RunOptions { nan_steps: vec![2], ..options(&data, &once, None) };
+    let s = pretrain(&config(""), &opts).unwrap();
     assert_eq!((s.steps_done, s.finished, s.skipped_steps), (6, true, 1));
     let lines = metrics(&once);
     assert!(lines[1]["loss"].is_null(), "{}", lines[1]);
@@ -100,8 +98,8 @@ fn skipped_steps_are_counted_and_a_streak_stops_the_run() {
     let streak = tmp.path().join("streak");
     let mut cfg = config("max_bad_steps = 3");
     cfg.train.steps = 20;
-    let err =
-        pretrain_with_nan_batches(&cfg, &options(&data, &streak, None), &|s| s >= 5).unwrap_err();
+    let opts = RunOptions { nan_steps: (5..=20).collect(), ..options(&data, &streak, None) };
+    let err = pretrain(&cfg, &opts).unwrap_err();
     assert!(matches!(err, Error::Diverged { step: 7, bad_steps: 3, .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("last.safetensors (step 3)") && msg.contains("lr_per_256"), "{msg}");

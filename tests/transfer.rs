@@ -43,8 +43,7 @@ fn checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
     }
     let cfg = Config::from_toml_str(TINY, &Config::default()).unwrap();
     let run = dir.join("run");
-    let opts =
-        RunOptions { data: data.clone(), run: RunDir::new(&run), stop_at: None, quiet: true };
+    let opts = RunOptions { quiet: true, ..RunOptions::new(&data, RunDir::new(&run)) };
     pretrain(&cfg, &opts).unwrap();
     (run.join("checkpoints/last.safetensors"), data)
 }

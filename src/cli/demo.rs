@@ -59,15 +59,8 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
     );
     ensure_tuxseg(&data, args.seed)?;
     eprintln!("[2/3] pretraining into {}", run.display());
-    let summary = train::pretrain(
-        &cfg,
-        &RunOptions {
-            data: data.join("pretrain"),
-            run: RunDir::new(&run),
-            stop_at: None,
-            quiet: false,
-        },
-    )?;
+    let summary =
+        train::pretrain(&cfg, &RunOptions::new(data.join("pretrain"), RunDir::new(&run)))?;
     if !summary.finished {
         eprintln!("stopped at step {}; run the same command to continue", summary.steps_done);
         return Ok(());

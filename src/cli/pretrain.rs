@@ -207,7 +207,7 @@ pub(super) fn run(args: &PretrainArgs) -> Result<()> {
     let started = Instant::now();
     let summary = train::pretrain(
         &cfg,
-        &RunOptions { data: data.clone(), run, stop_at: args.stop_at, quiet },
+        &RunOptions { stop_at: args.stop_at, quiet, ..RunOptions::new(data.clone(), run) },
     )?;
     if !quiet {
         let how = outcome(&summary.stopped_by);

@@ -3,19 +3,29 @@
 //!
 //! - [`config`]: the one typed configuration (TOML), its presets and its
 //!   validation.
-//! - [`run`]: the loop: connect, open or resume, step, log, checkpoint,
-//!   finish.
+//! - [`machine`]: what a run takes from the machine: the device, the loader
+//!   and its threads, the signal flag.
+//! - [`trainer`]: one step: forward, loss, backward, LARS, and the guard
+//!   that skips a non-finite one.
+//! - [`run`]: the loop, in phases: connect, open or resume, step, log,
+//!   checkpoint, finish.
+//! - [`report`]: metrics lines, the progress bar and the run's summary.
 //! - [`checkpoint`]: everything a bit-exact resume needs, in one safetensors
 //!   file.
+//! - [`run_dir`]: the files of a run, and reading them back.
 //! - [`malloc`]: the glibc allocator settings that keep a training step from
 //!   faulting its memory in anew.
 pub mod config;
+pub mod machine;
+pub mod trainer;
 pub mod run;
+pub mod report;
 pub mod checkpoint;
+pub mod run_dir;
 pub mod malloc;
 
-pub use run::{
-    auto_workers, interrupt_flag, load_pixpro, lr_schedule, open_loader, open_sharded_loader,
-    pick_device, pretrain, pretrain_with_nan_batches, saved_config, total_steps, truncate_metrics,
-    RunDir, RunOptions, RunSummary, StepStats, Trainer,
-};
+pub use machine::{auto_workers, interrupt_flag, open_loader, open_sharded_loader, pick_device};
+pub use report::RunSummary;
+pub use run::{pretrain, RunOptions};
+pub use run_dir::{load_pixpro, saved_config, truncate_metrics, RunDir};
+pub use trainer::{lr_schedule, total_steps, StepStats, Trainer};

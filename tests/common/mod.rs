@@ -47,7 +47,7 @@ pub fn make_images(dir: &Path, n: u32) {
 }
 
 pub fn options(data: &Path, run: &Path, stop_at: Option<u64>) -> RunOptions {
-    RunOptions { data: data.to_path_buf(), run: RunDir::new(run), stop_at, quiet: true }
+    RunOptions { stop_at, quiet: true, ..RunOptions::new(data, RunDir::new(run)) }
 }
 
 /// Every tensor of a checkpoint (online, target, optim), by full name.
