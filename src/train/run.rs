@@ -306,7 +306,7 @@ impl<'a> Run<'a> {
         let loss = (!s.stats.skipped).then_some(s.stats.loss);
         self.window.add(s.seconds, s.waited, s.images, loss);
         self.totals.add(s.seconds, s.waited, s.images, loss);
-        if step % self.cfg.train.log_every == 0 || step == self.stop_at {
+        if step.is_multiple_of(self.cfg.train.log_every) || step == self.stop_at {
             self.write_metrics_line(s)?;
             self.window = Window::default();
         }
@@ -362,7 +362,7 @@ impl<'a> Run<'a> {
         // None inside a streak of skipped steps: the weights are those from
         // before it, but a streak can also mean the last applied update
         // already broke them.
-        if step % self.cfg.train.checkpoint_every == 0 && self.streak == 0 {
+        if step.is_multiple_of(self.cfg.train.checkpoint_every) && self.streak == 0 {
             if self.main {
                 self.save()?;
             }
