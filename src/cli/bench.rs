@@ -13,7 +13,7 @@ use super::args::{ConfigFile, DeviceArg, ImageFolder, Workers};
 pub(super) struct BenchArgs {
     #[command(flatten)]
     images: ImageFolder,
-    /// Starting recipe [default: cpu].
+    /// Starting recipe.
     #[arg(long, value_enum, default_value = "cpu")]
     preset: Preset,
     #[command(flatten)]
