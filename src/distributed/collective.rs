@@ -335,7 +335,7 @@ impl Drop for Group {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
@@ -419,8 +419,8 @@ mod tests {
         .contains("MASTER_PORT"));
     }
 
-    #[test]
-    fn one_rank_group_reduces_broadcasts_and_differentiates() {
+    /// A process group of this process alone, on a free loopback port.
+    pub(crate) fn group_of_one() -> Group {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let l = Launch {
             rank: 0,
@@ -430,7 +430,12 @@ mod tests {
             master_port: port,
             agent_store: false,
         };
-        let g = Group::connect(&l, Engine::Auto, Device::Cpu, Duration::from_secs(30)).unwrap();
+        Group::connect(&l, Engine::Auto, Device::Cpu, Duration::from_secs(30)).unwrap()
+    }
+
+    #[test]
+    fn one_rank_group_reduces_broadcasts_and_differentiates() {
+        let g = group_of_one();
         let mut t = [Tensor::from_slice(&[1f32, 2.0]), Tensor::from_slice(&[3f32])];
         g.all_reduce_sum(&mut t).unwrap();
         g.broadcast(&mut t, 0).unwrap();

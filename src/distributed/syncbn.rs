@@ -161,22 +161,8 @@ fn normalise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distributed::collective::{Engine, Launch};
-    use std::time::Duration;
+    use crate::distributed::collective::tests::group_of_one;
     use tch::Device;
-
-    fn group_of_one() -> Group {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let launch = Launch {
-            rank: 0,
-            world_size: 1,
-            local_rank: 0,
-            master_addr: "127.0.0.1".into(),
-            master_port: port,
-            agent_store: false,
-        };
-        Group::connect(&launch, Engine::Gloo, Device::Cpu, Duration::from_secs(30)).unwrap()
-    }
 
     /// Activations whose mean is 1000 times their spread, as after a ReLU
     /// with a large bias: `[16, 3, 8, 8]`.
