@@ -57,7 +57,7 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
         DEMO_MINUTES,
         Preset::Cpu.config().train.steps
     );
-    ensure_tuxseg(&data, args.seed)?;
+    ensure_tuxseg(&data)?;
     eprintln!("[2/3] pretraining into {}", run.display());
     let summary =
         train::pretrain(&cfg, &RunOptions::new(data.join("pretrain"), RunDir::new(&run)))?;
@@ -79,13 +79,15 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Step 1: builds TuxSeg into `data` unless it is there already.
-fn ensure_tuxseg(data: &Path, seed: u64) -> Result<()> {
+/// Step 1: builds TuxSeg into `data` unless it is there already, always
+/// with seed 0, so that every demo seed is measured on the same data set.
+fn ensure_tuxseg(data: &Path) -> Result<()> {
     if data.join("voc").join("ImageSets").exists() {
         eprintln!("[1/3] TuxSeg already in {}", data.display());
         return Ok(());
     }
-    let s = tuxseg::build(&TuxsegOptions { out: data.to_path_buf(), seed, ..Default::default() })?;
+    let s =
+        tuxseg::build(&TuxsegOptions { out: data.to_path_buf(), seed: 0, ..Default::default() })?;
     eprintln!(
         "[1/3] TuxSeg: {} pretrain / {} train / {} val scenes in {}",
         s.pretrain_images,
