@@ -412,11 +412,13 @@ impl<'a> Run<'a> {
     /// run ends in [`Error::Diverged`].
     fn finish(self, ending: Ending) -> Result<RunSummary> {
         let diverged = ending == Ending::Diverged;
-        if self.main && !diverged && self.saved_step != self.trainer.step {
-            self.save()?;
-        }
         if self.main {
-            draw_loss_plot(&self.opts.run);
+            // save() redraws the loss plot itself.
+            if !diverged && self.saved_step != self.trainer.step {
+                self.save()?;
+            } else {
+                draw_loss_plot(&self.opts.run);
+            }
         }
         self.bar.finish_and_clear();
         let summary = self.summary(ending);
