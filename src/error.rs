@@ -23,6 +23,10 @@ pub enum Error {
     /// A checkpoint that cannot be read, or that does not fit the model.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    /// A weight file (`--weights`) that cannot be read, or holds no ResNet
+    /// that fits.
+    #[error("weights {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
     /// `bad_steps` consecutive steps, up to `step`, had a non-finite loss or
     /// gradient and were skipped (train.max_bad_steps); the run stopped
     /// without writing a checkpoint; `kept` says which one is the last good

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use pixpro::model::resnet::Arch;
 use pixpro::train::config::{Config, DeviceChoice};
 use pixpro::train::pick_device;
+use pixpro::transfer::backbone::{Backbone, Weights};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum DeviceArg {
@@ -74,7 +76,61 @@ pub(super) struct Workers {
     pub(super) workers: Option<usize>,
 }
 
-/// A pretraining checkpoint whose online encoder a command reads.
+/// The backbone a command measures or writes: one of a pixpro checkpoint,
+/// any ResNet weight file, or random init.
+#[derive(Args)]
+#[group(required = true, multiple = false, id = "backbone")]
+pub(super) struct BackboneSource {
+    /// Pretraining checkpoint whose online encoder is read, e.g. RUN/checkpoints/last.safetensors.
+    #[arg(long, group = "backbone")]
+    checkpoint: Option<PathBuf>,
+    /// ResNet-18/34/50 weights: torchvision-named safetensors (`export --format torchvision`),
+    /// a torch.save .pth/.pt (a state dict, maybe under `state_dict` or `model`, maybe with
+    /// prefixes such as `module.`, `encoder.`, `backbone.`; the reference PixPro's checkpoints),
+    /// or a Detectron2 .pkl.
+    #[arg(long, group = "backbone")]
+    weights: Option<PathBuf>,
+    /// A randomly initialised backbone (the baseline).
+    #[arg(long, group = "backbone")]
+    random_init: bool,
+}
+
+/// Architecture and stride of the backbone, where the source leaves them open.
+#[derive(Args)]
+pub(super) struct BackboneShape {
+    /// Architecture for --random-init (files and checkpoints say their own).
+    #[arg(long, default_value = "resnet18")]
+    arch: Arch,
+    /// Output stride, 32, 16 or 8 [default: a checkpoint's own; 32 for --weights; 16 for
+    /// --random-init].
+    #[arg(long)]
+    output_stride: Option<u32>,
+}
+
+impl BackboneSource {
+    /// Where the weights come from; `seed` seeds random init.
+    pub(super) fn weights(&self, shape: &BackboneShape, seed: u64) -> Weights {
+        match (&self.checkpoint, &self.weights) {
+            (Some(ck), _) => Weights::Checkpoint(ck.clone()),
+            (None, Some(file)) => Weights::File(file.clone()),
+            (None, None) => Weights::Random { arch: shape.arch, seed },
+        }
+    }
+
+    /// The backbone, with what was read said on stderr.
+    pub(super) fn load(
+        &self,
+        shape: &BackboneShape,
+        seed: u64,
+        device: tch::Device,
+    ) -> Result<Backbone> {
+        let backbone = self.weights(shape, seed).load(shape.output_stride, device)?;
+        eprintln!("backbone: {}", backbone.note);
+        Ok(backbone)
+    }
+}
+
+/// A pretraining checkpoint whose whole model a command reads.
 #[derive(Args)]
 pub(super) struct Checkpoint {
     /// Pretraining checkpoint, e.g. RUN/checkpoints/last.safetensors.

@@ -109,7 +109,7 @@ fn probe_both(
     eprintln!("[3/3] probing (frozen backbone, per-pixel linear classifier)");
     let probe_cfg = ProbeConfig { image_size: 160, seed: args.seed, ..Default::default() };
     let device = train::pick_device(cfg.train.device)?;
-    let ours = Backbone::from_checkpoint(&RunDir::new(run).last_checkpoint(), device)?;
+    let ours = Backbone::from_checkpoint(&RunDir::new(run).last_checkpoint(), None, device)?;
     let random = Backbone::random(cfg.model.arch, cfg.model.output_stride, args.seed, device)?;
     let voc = data.join("voc");
     let r_ours = probe_into(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;

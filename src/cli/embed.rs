@@ -1,4 +1,4 @@
-//! `pixpro embed`: a checkpoint's dense features of an image, or of each
+//! `pixpro embed`: a backbone's dense features of an image, or of each
 //! image of a folder, as safetensors files.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use pixpro::data::dataset::{load_rgb, Dataset};
-use pixpro::transfer::backbone::Backbone;
 use pixpro::transfer::export::write_features;
 
-use super::args::{Checkpoint, Device};
+use super::args::{BackboneShape, BackboneSource, Device};
 
 #[derive(Args)]
 pub(super) struct EmbedArgs {
     #[command(flatten)]
-    weights: Checkpoint,
+    backbone: BackboneSource,
+    #[command(flatten)]
+    shape: BackboneShape,
     /// An image, or a folder of images (searched recursively).
     #[arg(long)]
     image: PathBuf,
@@ -26,13 +27,13 @@ pub(super) struct EmbedArgs {
 }
 
 pub(super) fn run(args: &EmbedArgs) -> Result<()> {
-    let backbone = Backbone::from_checkpoint(&args.weights.checkpoint, args.device.pick()?)?;
+    let backbone = args.backbone.load(&args.shape, 0, args.device.pick()?)?;
     let write = |img_path: &Path, out: &Path| -> Result<()> {
         let img = load_rgb(img_path)?;
         let f = backbone.image_features(&img).to_device(tch::Device::Cpu);
         let meta = BTreeMap::from([
             ("image".to_string(), img_path.display().to_string()),
-            ("checkpoint".to_string(), args.weights.checkpoint.display().to_string()),
+            ("weights".to_string(), backbone.source.clone()),
             ("arch".to_string(), backbone.arch.to_string()),
             ("output_stride".to_string(), backbone.output_stride.to_string()),
         ]);

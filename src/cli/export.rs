@@ -1,13 +1,13 @@
-//! `pixpro export`: a checkpoint's online encoder in torchvision's or
+//! `pixpro export`: a backbone (a checkpoint's online encoder, or any
+//! weights `--weights` reads) in torchvision's or
 //! Detectron2's names and file format.
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use pixpro::transfer::backbone::Backbone;
 use pixpro::transfer::export::{write_detectron2, write_torchvision};
 
-use super::args::Checkpoint;
+use super::args::{BackboneShape, BackboneSource};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
@@ -20,7 +20,9 @@ enum ExportFormat {
 #[derive(Args)]
 pub(super) struct ExportArgs {
     #[command(flatten)]
-    weights: Checkpoint,
+    backbone: BackboneSource,
+    #[command(flatten)]
+    shape: BackboneShape,
     #[arg(long, value_enum)]
     format: ExportFormat,
     #[arg(long)]
@@ -28,7 +30,7 @@ pub(super) struct ExportArgs {
 }
 
 pub(super) fn run(args: &ExportArgs) -> Result<()> {
-    let backbone = Backbone::from_checkpoint(&args.weights.checkpoint, tch::Device::Cpu)?;
+    let backbone = args.backbone.load(&args.shape, 0, tch::Device::Cpu)?;
     let named = backbone.named_tensors();
     match args.format {
         ExportFormat::Torchvision => write_torchvision(&args.out, &named)?,

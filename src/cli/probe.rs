@@ -1,29 +1,19 @@
-//! `pixpro probe`: the dense linear probe of a checkpoint's (or a random)
-//! backbone on a Pascal VOC-layout folder.
+//! `pixpro probe`: the dense linear probe of a backbone (a checkpoint's,
+//! a weight file's or a random one) on a Pascal VOC-layout folder.
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pixpro::model::resnet::Arch;
-use pixpro::transfer::backbone::Backbone;
 use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 
-use super::args::Device;
+use super::args::{BackboneShape, BackboneSource, Device};
 
 #[derive(Args)]
 pub(super) struct ProbeArgs {
-    /// Pretraining checkpoint whose online encoder is probed.
-    #[arg(long, required_unless_present = "random_init", conflicts_with = "random_init")]
-    checkpoint: Option<PathBuf>,
-    /// Probe a randomly initialised backbone instead (the baseline).
-    #[arg(long)]
-    random_init: bool,
-    /// Architecture for --random-init.
-    #[arg(long, default_value = "resnet18")]
-    arch: Arch,
-    /// Output stride for --random-init (32, 16 or 8).
-    #[arg(long, default_value_t = 16)]
-    output_stride: u32,
+    #[command(flatten)]
+    backbone: BackboneSource,
+    #[command(flatten)]
+    shape: BackboneShape,
     /// Folder in the Pascal VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets/Segmentation).
     #[arg(long)]
     voc: PathBuf,
@@ -88,10 +78,7 @@ pub(super) fn print_probe(label: &str, r: &ProbeResult) {
 pub(super) fn run(args: &ProbeArgs) -> Result<()> {
     let cfg = args.config()?;
     let device = args.device.pick()?;
-    let backbone = match &args.checkpoint {
-        Some(ck) => Backbone::from_checkpoint(ck, device)?,
-        None => Backbone::random(args.arch, args.output_stride, cfg.seed, device)?,
-    };
+    let backbone = args.backbone.load(&args.shape, cfg.seed, device)?;
     let r = probe_into(&backbone, &args.voc, &args.out, &cfg)?;
     if args.json {
         print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);

@@ -23,6 +23,8 @@ pub enum Arch {
 const ARCH_NAMES: &str = "resnet18, resnet34, resnet50";
 
 impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
+
     /// Channels of the C5 map.
     pub fn out_channels(self) -> i64 {
         match self {
@@ -32,14 +34,15 @@ impl Arch {
     }
 
     /// Blocks per stage (layer1..layer4), as torchvision.
-    fn blocks(self) -> [usize; 4] {
+    pub fn blocks(self) -> [usize; 4] {
         match self {
             Arch::ResNet18 => [2, 2, 2, 2],
             Arch::ResNet34 | Arch::ResNet50 => [3, 4, 6, 3],
         }
     }
 
-    fn bottleneck(self) -> bool {
+    /// Bottleneck blocks (1x1, 3x3, 1x1) rather than two 3x3 convolutions.
+    pub fn bottleneck(self) -> bool {
         self == Arch::ResNet50
     }
 }

@@ -133,6 +133,26 @@ impl Checkpoint {
         write_atomically(path, &bytes)
     }
 
+    /// Whether `path` is a safetensors file whose header says it is a pixpro
+    /// checkpoint; only the header is read.
+    pub fn is_checkpoint(path: &Path) -> bool {
+        use std::io::Read;
+        let header = || -> Option<serde_json::Value> {
+            let mut f = fs::File::open(path).ok()?;
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).ok()?;
+            let len = u64::from_le_bytes(len);
+            // safetensors caps its header at 100 MB.
+            if len > 100_000_000 {
+                return None;
+            }
+            let mut text = vec![0u8; len as usize];
+            f.read_exact(&mut text).ok()?;
+            serde_json::from_slice(&text).ok()
+        };
+        header().is_some_and(|h| h["__metadata__"]["format"] == FORMAT_NAME)
+    }
+
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let ckpt_err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -1,11 +1,16 @@
 //! Stage 7, transfer: what a pretrained backbone is for, measured and
 //! carried out.
 //!
-//! - [`backbone`]: the frozen encoder out of a checkpoint (or random init,
-//!   the baseline).
+//! - [`pickle`]: Python's pickle format, read as data.
+//! - [`weights`]: ResNet weights from files pixpro did not write
+//!   (torchvision safetensors, `torch.save`, Detectron2 pickles).
+//! - [`backbone`]: the frozen encoder out of a checkpoint, a weight file, or
+//!   random init (the baseline).
 //! - [`voc`]: the Pascal VOC segmentation layout evaluations read.
 //! - [`probe`]: the dense linear probe (mIoU on a VOC-layout set).
 //! - [`export`]: torchvision and Detectron2 weight files, dense features.
+pub mod pickle;
+pub mod weights;
 pub mod backbone;
 pub mod voc;
 pub mod probe;

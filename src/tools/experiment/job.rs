@@ -82,7 +82,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
             let why = summary.stopped_by.unwrap_or_else(|| "stopped".into());
             return Ok(Outcome::Stopped(format!("{} at step {}", why, summary.steps_done)));
         }
-        let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), device)?;
+        let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), None, device)?;
         (backbone, Some(run_throughput(&run.metrics())?), summary.steps_done)
     };
     let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
