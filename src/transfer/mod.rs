@@ -5,8 +5,11 @@
 //!   the baseline).
 //! - [`voc`]: the Pascal VOC segmentation layout evaluations read.
 //! - [`probe`]: the dense linear probe (mIoU on a VOC-layout set).
+//! - [`retrieval`]: dense nearest-neighbour retrieval (mIoU with nothing
+//!   trained, Hummingbird's evaluation).
 //! - [`export`]: torchvision and Detectron2 weight files, dense features.
 pub mod backbone;
 pub mod voc;
 pub mod probe;
+pub mod retrieval;
 pub mod export;
