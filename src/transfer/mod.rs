@@ -8,10 +8,16 @@
 //!   random init (the baseline).
 //! - [`voc`]: the Pascal VOC segmentation layout evaluations read.
 //! - [`probe`]: the dense linear probe (mIoU on a VOC-layout set).
+//! - [`retrieval`]: dense nearest-neighbour retrieval (mIoU with nothing
+//!   trained, Hummingbird's evaluation).
+//! - [`correspondence`]: how often a cell's nearest neighbour in another
+//!   view is its true partner (what PixPro optimises, on held-out images).
 //! - [`export`]: torchvision and Detectron2 weight files, dense features.
 pub mod pickle;
 pub mod weights;
 pub mod backbone;
 pub mod voc;
 pub mod probe;
+pub mod retrieval;
+pub mod correspondence;
 pub mod export;

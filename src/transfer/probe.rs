@@ -272,12 +272,13 @@ impl Features {
         device: Device,
     ) -> Result<Features> {
         let s = config.image_size;
-        let (train_feats, train_masks) = extract(backbone, train, config, device, true)?;
+        let (train_feats, train_masks) =
+            extract(backbone, train, s, config.batch_size, device, true)?;
         let train_masks: Vec<u8> = train_masks.into_iter().flat_map(|(m, _, _)| m).collect();
         let train_masks = Tensor::from_slice(&train_masks)
             .view([train.len() as i64, s as i64, s as i64])
             .to_device(device);
-        let (val_feats, val_masks) = extract(backbone, val, config, device, false)?;
+        let (val_feats, val_masks) = extract(backbone, val, s, config.batch_size, device, false)?;
         let (_, c, h, w) = train_feats.size4()?;
 
         // Per-channel standardisation with train statistics: [1, C, 1, 1].
@@ -392,28 +393,29 @@ fn recipe(config: &ProbeConfig) -> String {
 }
 
 /// A row-major mask with its height and width.
-type Mask = (Vec<u8>, u32, u32);
+pub(crate) type Mask = (Vec<u8>, u32, u32);
 
 /// A val image's id and its predicted classes at the mask's size.
 type Prediction = (String, Vec<u8>);
 
-/// A split's features on `device`, [N, C, h, w], computed batch by batch,
-/// with its masks (row-major, height, width): resized to S x S when
-/// `resize_masks` (training), else at their own size (scoring).
-fn extract(
+/// A split's features on `device`, [N, C, h, w], computed `batch_size`
+/// images at a time from images resized to `s` x `s`, with its masks
+/// (row-major, height, width): resized to S x S when `resize_masks`
+/// (training), else at their own size (scoring).
+pub(crate) fn extract(
     backbone: &dyn Fn(&Tensor) -> Tensor,
     split: &VocSplit,
-    config: &ProbeConfig,
+    s: u32,
+    batch_size: usize,
     device: Device,
     resize_masks: bool,
 ) -> Result<(Tensor, Vec<Mask>)> {
-    let s = config.image_size;
     let mean = Tensor::from_slice(&IMAGENET_MEAN).view([1, 3, 1, 1]).to_device(device);
     let std = Tensor::from_slice(&IMAGENET_STD).view([1, 3, 1, 1]).to_device(device);
     let mut feats = Vec::new();
     let mut masks = Vec::with_capacity(split.len());
     let indices: Vec<usize> = (0..split.len()).collect();
-    for chunk in indices.chunks(config.batch_size) {
+    for chunk in indices.chunks(batch_size) {
         // Decoding and resizing dominate on CPU; they are per image, so parallel.
         let samples: Vec<VocSample> =
             chunk.par_iter().map(|&i| split.get(i)).collect::<Result<_>>()?;
