@@ -154,4 +154,13 @@ impl Backbone {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+
+    /// The store and network for fine-tuning, unfrozen so that an optimiser
+    /// over the store trains every layer (BatchNorm's running statistics
+    /// stay untrainable buffers).
+    pub fn into_trainable(self) -> (nn::VarStore, ResNet) {
+        let Backbone { mut vs, net, .. } = self;
+        vs.unfreeze();
+        (vs, net)
+    }
 }

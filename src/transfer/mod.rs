@@ -12,6 +12,8 @@
 //!   trained, Hummingbird's evaluation).
 //! - [`correspondence`]: how often a cell's nearest neighbour in another
 //!   view is its true partner (what PixPro optimises, on held-out images).
+//! - [`finetune`]: the whole backbone fine-tuned with an FCN head (the
+//!   paper's transfer protocol, scaled down), scored as the probe is.
 //! - [`export`]: torchvision and Detectron2 weight files, dense features.
 pub mod pickle;
 pub mod weights;
@@ -20,4 +22,5 @@ pub mod voc;
 pub mod probe;
 pub mod retrieval;
 pub mod correspondence;
+pub mod finetune;
 pub mod export;

@@ -172,28 +172,56 @@ pub fn probe_into(
     cfg: &ProbeConfig,
 ) -> Result<ProbeResult> {
     let result = run_probe(&|x| backbone.features(x), voc, cfg, backbone.device())?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let path = out.join("probe.json");
-    let mut json = serde_json::to_value(&result).map_err(|e| Error::data(&path, e.to_string()))?;
-    json["backbone"] = serde_json::json!({
+    write_json(&out.join("probe.json"), &result, backbone_json(backbone))?;
+    write_pictures(voc, out, &result.classes, &result.confusion, &result.examples)?;
+    Ok(result)
+}
+
+/// Which backbone a report measured, for its JSON.
+pub(crate) fn backbone_json(backbone: &crate::transfer::backbone::Backbone) -> serde_json::Value {
+    serde_json::json!({
         "source": backbone.source,
         "arch": backbone.arch.to_string(),
         "output_stride": backbone.output_stride,
-    });
-    let text =
-        serde_json::to_string_pretty(&json).map_err(|e| Error::data(&path, e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-    crate::plots::plot_confusion(&result.confusion, &result.classes, &out.join("confusion.png"))?;
-    let split = VocSplit::open(voc, "val", result.classes.len())?;
-    let palette = crate::plots::voc_palette(result.classes.len());
-    for (id, pred) in &result.examples {
+    })
+}
+
+/// `result` as pretty JSON at `path` (its folder created), with the
+/// backbone's description added under `backbone`.
+pub(crate) fn write_json(
+    path: &Path,
+    result: &impl Serialize,
+    backbone: serde_json::Value,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut json = serde_json::to_value(result).map_err(|e| Error::data(path, e.to_string()))?;
+    json["backbone"] = backbone;
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::data(path, e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// confusion.png and `prediction-ID.png` overlays of `examples` (val images
+/// of `voc`) into `out`.
+pub(crate) fn write_pictures(
+    voc: &Path,
+    out: &Path,
+    classes: &[String],
+    confusion: &[Vec<u64>],
+    examples: &[Prediction],
+) -> Result<()> {
+    crate::plots::plot_confusion(confusion, classes, &out.join("confusion.png"))?;
+    let split = VocSplit::open(voc, "val", classes.len())?;
+    let palette = crate::plots::voc_palette(classes.len());
+    for (id, pred) in examples {
         let index = split.ids().iter().position(|i| i == id).unwrap_or(0);
         let sample = split.get(index)?;
         let picture =
             crate::plots::overlay_prediction(&sample.image, &sample.mask, pred, &palette, IGNORE)?;
         crate::plots::save_png(&picture, &out.join(format!("prediction-{id}.png")))?;
     }
-    Ok(result)
+    Ok(())
 }
 
 /// Trains the 1x1 conv on `train` and scores it on `val`. `backbone` maps a
@@ -272,13 +300,13 @@ impl Features {
         device: Device,
     ) -> Result<Features> {
         let s = config.image_size;
-        let (train_feats, train_masks) =
-            extract(backbone, train, s, config.batch_size, device, true)?;
+        let b = config.batch_size;
+        let (train_feats, train_masks) = extract(backbone, train, s, b, device, true)?;
         let train_masks: Vec<u8> = train_masks.into_iter().flat_map(|(m, _, _)| m).collect();
         let train_masks = Tensor::from_slice(&train_masks)
             .view([train.len() as i64, s as i64, s as i64])
             .to_device(device);
-        let (val_feats, val_masks) = extract(backbone, val, s, config.batch_size, device, false)?;
+        let (val_feats, val_masks) = extract(backbone, val, s, b, device, false)?;
         let (_, c, h, w) = train_feats.size4()?;
 
         // Per-channel standardisation with train statistics: [1, C, 1, 1].
@@ -338,32 +366,44 @@ impl Classifier {
         Ok(classifier)
     }
 
-    /// The val confusion matrix, each image's logits upsampled to its mask's
-    /// own size, and the predictions of the first [`EXAMPLES`] images.
+    /// The val confusion matrix and example predictions, as [`score`].
     fn evaluate(
         &self,
         features: &Features,
         val: &VocSplit,
         k: usize,
     ) -> Result<(Vec<Vec<u64>>, Vec<Prediction>)> {
-        let mut confusion = vec![vec![0u64; k]; k];
-        let mut examples = Vec::new();
-        tch::no_grad(|| -> Result<()> {
-            for (i, (mask, mh, mw)) in features.val_masks.iter().enumerate() {
-                let x = features.val.f_narrow(0, i as i64, 1)?;
-                let size = [i64::from(*mh), i64::from(*mw)];
-                let logits = self.logits(&x)?.f_upsample_bilinear2d(size, false, None, None)?;
-                let pred = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
-                let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
-                accumulate_confusion(&mut confusion, mask, &pred);
-                if i < EXAMPLES {
-                    examples.push((val.ids()[i].clone(), pred));
-                }
-            }
-            Ok(())
-        })?;
-        Ok((confusion, examples))
+        let logits = tch::no_grad(|| self.logits(&features.val))?;
+        score(&logits, &features.val_masks, val.ids(), k)
     }
+}
+
+/// The confusion matrix of val `logits` [N, K, h, w], each image's upsampled
+/// bilinearly to its mask's own size, and the predictions of the first
+/// [`EXAMPLES`] images (`ids` names them).
+pub(crate) fn score(
+    logits: &Tensor,
+    masks: &[Mask],
+    ids: &[String],
+    k: usize,
+) -> Result<(Vec<Vec<u64>>, Vec<Prediction>)> {
+    let mut confusion = vec![vec![0u64; k]; k];
+    let mut examples = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for (i, ((mask, mh, mw), id)) in masks.iter().zip(ids).enumerate() {
+            let x = logits.f_narrow(0, i as i64, 1)?;
+            let size = [i64::from(*mh), i64::from(*mw)];
+            let x = x.f_upsample_bilinear2d(size, false, None, None)?;
+            let pred = x.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
+            let pred: Vec<u8> = Vec::<u8>::try_from(&pred.f_to_device(Device::Cpu)?)?;
+            accumulate_confusion(&mut confusion, mask, &pred);
+            if i < EXAMPLES {
+                examples.push((id.clone(), pred));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((confusion, examples))
 }
 
 /// `lr` at step 0, cosine-decayed towards 0 at `total_steps`.
@@ -373,7 +413,7 @@ fn cosine_lr(lr: f64, step: usize, total_steps: f64) -> f64 {
 
 /// Cross-entropy summed over labelled pixels / their count: a batch of only
 /// ignore pixels then gives 0, not the NaN that a plain mean would.
-fn masked_cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn masked_cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
     let loss_sum =
         logits.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Sum, IGNORE as i64, 0.0)?;
     let labelled = y.f_ne(IGNORE as i64)?.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
@@ -396,7 +436,7 @@ fn recipe(config: &ProbeConfig) -> String {
 pub(crate) type Mask = (Vec<u8>, u32, u32);
 
 /// A val image's id and its predicted classes at the mask's size.
-type Prediction = (String, Vec<u8>);
+pub(crate) type Prediction = (String, Vec<u8>);
 
 /// A split's features on `device`, [N, C, h, w], computed `batch_size`
 /// images at a time from images resized to `s` x `s`, with its masks
@@ -452,7 +492,7 @@ pub(crate) fn extract(
     Ok((Tensor::f_cat(&feats, 0)?, masks))
 }
 
-fn resize_image(image: &RgbImage, s: u32) -> RgbImage {
+pub(crate) fn resize_image(image: &RgbImage, s: u32) -> RgbImage {
     if image.dimensions() == (s, s) {
         return image.clone();
     }
@@ -461,7 +501,7 @@ fn resize_image(image: &RgbImage, s: u32) -> RgbImage {
 
 /// Nearest-neighbour resize of a row-major `w` x `h` mask to `s` x `s`,
 /// sampling each output pixel's centre (labels must never be blended).
-fn resize_mask_nearest(mask: &[u8], w: u32, h: u32, s: u32) -> Vec<u8> {
+pub(crate) fn resize_mask_nearest(mask: &[u8], w: u32, h: u32, s: u32) -> Vec<u8> {
     let (w, h, s) = (w as usize, h as usize, s as usize);
     let src = |o: usize, n: usize| ((2 * o + 1) * n / (2 * s)).min(n - 1);
     (0..s).flat_map(|y| (0..s).map(move |x| mask[src(y, h) * w + src(x, w)])).collect()
