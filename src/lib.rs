@@ -19,8 +19,8 @@
 //!   `--method` picks.
 //! - [`optim`]: LARS and the learning-rate schedule.
 //! - [`train`]: the configuration, the loop, checkpoints and metrics.
-//! - [`transfer`]: backbones out of checkpoints, the probe, fine-tuning,
-//!   export.
+//! - [`transfer`]: backbones out of checkpoints and foreign weight files;
+//!   the probe, retrieval, correspondence and fine-tuning; export.
 //! - [`tools`]: the demo data set, experiment grids, benchmarks, pictures.
 //!
 //! The rule that keeps the flow one way: a module imports only from its own

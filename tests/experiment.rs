@@ -131,7 +131,52 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         hardware: Hardware { cpu: "test cpu".into(), cores: 2, threads: 2, device: "Cpu".into() },
         version: "0.0.0".into(),
         commit: None,
+        evaluations: BTreeMap::new(),
     }
+}
+
+#[test]
+fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 10);
+    tiny_voc(&dir.path().join("data/voc"));
+    let out = dir.path().join("out");
+    let opts = RunnerOptions {
+        out: out.clone(),
+        results: out.join("results.json"),
+        max_jobs: None,
+        quiet: true,
+    };
+    let first = run(&Plan::load(&write_plan(dir.path(), "")).unwrap(), &opts).unwrap();
+    assert_eq!(first.ran, 4);
+    let checkpoint = out.join("jobs/pixpro-s1/checkpoints/last.safetensors");
+    let stamp = mtime(&checkpoint);
+
+    let more = "protocols = [\"probe\", \"retrieval\", \"correspondence\"]\n\
+                [retrieval]\nimage_size = 32\n[correspondence]\nimage_size = 32\npairs_per_image = 1\n";
+    let plan = Plan::load(&write_plan(dir.path(), more)).unwrap();
+    let second = run(&plan, &opts).unwrap();
+    assert_eq!((second.ran, second.skipped), (4, 4), "one evaluation per finished job");
+    assert_eq!(mtime(&checkpoint), stamp, "pretrained again");
+    let results = read_results(&out.join("results.json")).unwrap();
+    for r in &results {
+        let names: Vec<&str> = r.evaluations.keys().map(String::as_str).collect();
+        assert_eq!(names, ["correspondence", "retrieval"], "{}", r.id);
+        let e = &r.evaluations["retrieval"];
+        assert!((0.0..=1.0).contains(&e.score) && e.recipe["seed"] == r.seed, "{e:?}");
+        assert_eq!(r.evaluations["correspondence"].score_name, "top-1 accuracy");
+        let folder = out.join("jobs").join(&r.id).join("retrieval/eval.json");
+        assert!(folder.is_file(), "{}", folder.display());
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| probe mIoU | retrieval | correspondence | images/s |"), "{md}");
+    assert!(md.contains("| pixpro − random | 2 |"), "{md}");
+    assert_eq!(run(&plan, &opts).unwrap().ran, 0);
+
+    // A recipe changed under recorded results is refused, naming the job.
+    let changed = more.replace("pairs_per_image = 1", "pairs_per_image = 2");
+    let e = run(&Plan::load(&write_plan(dir.path(), &changed)).unwrap(), &opts).unwrap_err();
+    assert!(e.to_string().contains("correspondence was run with recipe"), "{e}");
 }
 
 #[test]

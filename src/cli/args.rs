@@ -107,6 +107,12 @@ pub(super) struct BackboneShape {
     output_stride: Option<u32>,
 }
 
+impl BackboneShape {
+    pub(super) fn output_stride(&self) -> Option<u32> {
+        self.output_stride
+    }
+}
+
 impl BackboneSource {
     /// Where the weights come from; `seed` seeds random init.
     pub(super) fn weights(&self, shape: &BackboneShape, seed: u64) -> Weights {

@@ -66,7 +66,15 @@ fn list_jobs(plan: &Plan, out: &Path, results_path: &Path) -> Result<()> {
     let results = exp::read_results(results_path)?;
     for (i, job) in plan.jobs.iter().enumerate() {
         let status = match results.iter().find(|r| r.id == job.id) {
-            Some(r) => format!("done, mIoU {:.4}", r.miou),
+            Some(r) => {
+                let missing = exp::missing_protocols(plan, r);
+                let mut s = format!("done, mIoU {:.4}", r.miou);
+                if !missing.is_empty() {
+                    let names: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+                    s.push_str(&format!("; to evaluate: {}", names.join(", ")));
+                }
+                s
+            }
             None if out.join("jobs").join(&job.id).exists() => "started".to_string(),
             None => "to run".to_string(),
         };

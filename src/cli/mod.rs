@@ -1,5 +1,5 @@
 //! The commands, in the order `pixpro --help` lists them: `pretrain`,
-//! `bench`, `data` (tuxseg), `probe`, `embed`, `export`, `demo`,
+//! `bench`, `data` (tuxseg), `eval`, `probe`, `finetune`, `embed`, `export`, `demo`,
 //! `experiment`, `inspect` (views, features) and `doctor`, one module each
 //! with its flags and a `run` that calls the library and prints what it did;
 //! `args` holds the flags several commands share.
@@ -10,7 +10,9 @@ mod args;
 mod pretrain;
 mod bench;
 mod data;
+mod eval;
 mod probe;
+mod finetune;
 mod embed;
 mod export;
 mod demo;
@@ -49,12 +51,27 @@ enum Command {
     /// Build evaluation data sets from installed packages.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Measure a backbone on a VOC-layout folder: probe, retrieval, correspondence, fine-tuning.
+    #[command(after_help = "Examples:\n  \
+        pixpro eval --checkpoint CKPT --protocol probe,retrieval,correspondence --voc data/tuxseg/voc --out runs/cpu/eval\n  \
+        pixpro eval --weights resnet18.pth --protocol finetune,finetune:0.1 --voc data/tuxseg/voc --out runs/tv/eval\n  \
+        pixpro eval --random-init --output-stride 16 --protocol retrieval --voc data/tuxseg/voc --out runs/random/eval\n\n\
+        Each protocol writes OUT/PROTOCOL/eval.json: protocol, weights, arch, output_stride, data, recipe,\n\
+        score_name, score, per_class_iou, wall_s and the protocol's details. `pixpro probe` and\n\
+        `pixpro finetune` run one protocol each, with its flags.")]
+    Eval(eval::EvalArgs),
     /// Dense linear probe: mIoU of a frozen backbone on a Pascal VOC-layout folder.
     #[command(after_help = "Examples:\n  \
         pixpro probe --checkpoint runs/cpu/checkpoints/last.safetensors --voc data/tuxseg/voc --out runs/cpu/probe\n  \
         pixpro probe --random-init --arch resnet18 --output-stride 16 --voc data/tuxseg/voc --out runs/random-probe\n  \
         pixpro probe --checkpoint CKPT --voc ~/VOCdevkit/VOC2012 --out probe-voc")]
     Probe(probe::ProbeArgs),
+    /// Fine-tune the whole backbone with an FCN head on a VOC-layout folder; mIoU on its val split.
+    #[command(after_help = "Examples:\n  \
+        pixpro finetune --checkpoint CKPT --voc data/tuxseg/voc --out runs/cpu/finetune\n  \
+        pixpro finetune --weights resnet18.pth --voc data/tuxseg/voc --out runs/tv/ft10 --train-fraction 0.1\n  \
+        pixpro finetune --random-init --arch resnet18 --voc data/tuxseg/voc --out runs/random/finetune")]
+    Finetune(finetune::FinetuneArgs),
     /// Write the backbone's dense feature map of an image (or of every image in a folder).
     #[command(after_help = "Examples:\n  \
         pixpro embed --checkpoint CKPT --image photo.jpg --out photo.safetensors\n  \
@@ -95,7 +112,9 @@ impl Cli {
             Command::Pretrain(a) => pretrain::run(a),
             Command::Bench(a) => bench::run(a),
             Command::Data(c) => data::run(c),
+            Command::Eval(a) => eval::run(a),
             Command::Probe(a) => probe::run(a),
+            Command::Finetune(a) => finetune::run(a),
             Command::Embed(a) => embed::run(a),
             Command::Export(a) => export::run(a),
             Command::Demo(a) => demo::run(a),

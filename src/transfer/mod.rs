@@ -14,6 +14,7 @@
 //!   view is its true partner (what PixPro optimises, on held-out images).
 //! - [`finetune`]: the whole backbone fine-tuned with an FCN head (the
 //!   paper's transfer protocol, scaled down), scored as the probe is.
+//! - [`evaluate`]: every protocol behind one call and one report shape.
 //! - [`export`]: torchvision and Detectron2 weight files, dense features.
 pub mod pickle;
 pub mod weights;
@@ -23,4 +24,5 @@ pub mod probe;
 pub mod retrieval;
 pub mod correspondence;
 pub mod finetune;
+pub mod evaluate;
 pub mod export;

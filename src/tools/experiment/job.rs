@@ -1,15 +1,17 @@
 //! One job: pretraining (none for `random`) into the job's folder, then the
-//! probe of its backbone, measured and stamped with where and from which
-//! code it ran.
+//! probe of its backbone and the plan's other protocols, measured and
+//! stamped with where and from which code it ran; and the protocols a
+//! finished job lacks, run on its kept checkpoint.
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use super::plan::{Job, Plan};
-use super::results::{Hardware, JobResult};
+use super::results::{missing_protocols, Hardware, JobResult};
 use crate::train::{self, RunDir, RunOptions};
-use crate::transfer::backbone::Backbone;
+use crate::transfer::backbone::{Backbone, Weights};
+use crate::transfer::evaluate::{Evaluation, Evaluator, Protocol};
 use crate::transfer::probe::{probe_into, ProbeConfig};
 use crate::{Error, Result};
 
@@ -65,6 +67,69 @@ pub(super) enum Outcome {
     Stopped(String),
 }
 
+/// The job's backbone: its kept checkpoint, or random init at the job's
+/// architecture and stride; with the stride to ask for.
+fn weights_of(job: &Job, dir: &Path) -> (Weights, Option<u32>) {
+    let m = &job.config.model;
+    if job.method == "random" {
+        (Weights::Random { arch: m.arch, seed: job.seed }, Some(m.output_stride))
+    } else {
+        (Weights::Checkpoint(RunDir::new(dir).last_checkpoint()), None)
+    }
+}
+
+/// Runs `protocols` on the job's backbone, each into `dir/PROTOCOL/`.
+fn evaluate_all(
+    plan: &Plan,
+    job: &Job,
+    dir: &Path,
+    protocols: &[Protocol],
+    quiet: bool,
+) -> Result<Vec<(String, Evaluation)>> {
+    let device = train::pick_device(job.config.train.device)?;
+    let (weights, stride) = weights_of(job, dir);
+    if let Weights::Checkpoint(ck) = &weights {
+        if !ck.is_file() {
+            return Err(Error::data(
+                ck,
+                format!(
+                    "job {}'s checkpoint is gone, so {} cannot be measured on it; remove the \
+                     job from the results file to pretrain it again",
+                    job.id,
+                    protocols.iter().map(Protocol::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let evaluator =
+        Evaluator { recipes: plan.recipes.with_seed(job.seed), device, progress: !quiet };
+    let voc = plan.data.join("voc");
+    protocols
+        .iter()
+        .map(|&p| {
+            let e = evaluator.evaluate(&weights, stride, p, &voc, &dir.join(p.folder()))?;
+            Ok((p.to_string(), e))
+        })
+        .collect()
+}
+
+/// Measures a finished job with the plan's protocols it lacks, on its kept
+/// checkpoint (or random init); the result gains them.
+pub(super) fn evaluate_missing(
+    plan: &Plan,
+    job: &Job,
+    result: &mut JobResult,
+    out: &Path,
+    quiet: bool,
+) -> Result<()> {
+    let dir = out.join("jobs").join(&job.id);
+    let missing = missing_protocols(plan, result);
+    let clock = Instant::now();
+    result.evaluations.extend(evaluate_all(plan, job, &dir, &missing, quiet)?);
+    result.wall_s += clock.elapsed().as_secs_f64();
+    Ok(())
+}
+
 pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result<Outcome> {
     let clock = Instant::now();
     let started_at = unix_now();
@@ -87,6 +152,8 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     };
     let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
     let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
+    drop(backbone);
+    let evaluations = evaluate_all(plan, job, &dir, &plan.protocols, quiet)?.into_iter().collect();
     Ok(Outcome::Done(Box::new(JobResult {
         id: job.id.clone(),
         method: job.method.clone(),
@@ -108,5 +175,6 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         hardware: Hardware::this_machine(device),
         version: env!("CARGO_PKG_VERSION").to_string(),
         commit: git_commit(),
+        evaluations,
     })))
 }

@@ -13,10 +13,12 @@
 //!
 //! - [`plan`]: the plan file, checked key by key and expanded into jobs and
 //!   the report's groups.
-//! - [`job`]: one job run: pretraining, then the probe, measured.
+//! - [`job`]: one job run: pretraining, then the probe and the plan's
+//!   other protocols, measured; or the protocols a finished job lacks.
 //! - [`results`]: `results.json`, one record per finished job.
 //! - [`report`]: results.md and results.png, redrawn after every job.
-//! - [`runner`]: the loop over the jobs not yet recorded.
+//! - [`runner`]: the loop over the jobs not yet recorded, then over the
+//!   recorded ones a protocol of the plan has not measured yet.
 pub mod plan;
 pub mod job;
 pub mod results;
@@ -25,5 +27,5 @@ pub mod runner;
 
 pub use plan::{method_names, Group, Job, Plan, Row};
 pub use report::{markdown, mean_std, summarize, RowSummary};
-pub use results::{finished_ids, read_results, Hardware, JobResult};
+pub use results::{finished_ids, missing_protocols, read_results, Hardware, JobResult};
 pub use runner::{run, RunReport, RunnerOptions};

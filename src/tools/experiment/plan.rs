@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::method::Method;
 use crate::train::config::{toml_error, Config, Preset};
+use crate::transfer::evaluate::{Protocol, Recipes};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};
 
@@ -32,9 +33,20 @@ struct PlanFile {
     seeds: Vec<u64>,
     #[serde(default)]
     methods: Vec<String>,
+    /// Protocols every job is evaluated with besides the probe, which always
+    /// runs (`probe` may be named too).
+    #[serde(default)]
+    protocols: Vec<String>,
     /// [`ProbeConfig`] keys; a table first, to refuse `seed` (each job's).
     #[serde(default)]
     probe: toml::Table,
+    /// The other protocols' recipes, the same way.
+    #[serde(default)]
+    retrieval: toml::Table,
+    #[serde(default)]
+    correspondence: toml::Table,
+    #[serde(default)]
+    finetune: toml::Table,
     #[serde(default)]
     ablation: Vec<AblationFile>,
     #[serde(default)]
@@ -92,6 +104,10 @@ pub struct Plan {
     pub steps: u64,
     pub base: Config,
     pub probe: ProbeConfig,
+    /// Every protocol's recipe (`recipes.probe` is `probe`), seeded per job.
+    pub recipes: Recipes,
+    /// What every job is evaluated with after the probe, in column order.
+    pub protocols: Vec<Protocol>,
     pub jobs: Vec<Job>,
     pub groups: Vec<Group>,
 }
@@ -158,7 +174,17 @@ impl Plan {
         if file.seeds.is_empty() {
             return Err(plan_error(path, "seeds", "needs at least one seed"));
         }
-        let probe = probe_config(path, &file.probe)?;
+        let recipes = Recipes {
+            probe: recipe(path, "probe", &file.probe)?,
+            retrieval: recipe(path, "retrieval", &file.retrieval)?,
+            correspondence: recipe(path, "correspondence", &file.correspondence)?,
+            finetune: recipe(path, "finetune", &file.finetune)?,
+        };
+        recipes.validate().map_err(|e| match e {
+            Error::Config { key, reason } => plan_error(path, &key, reason),
+            other => other,
+        })?;
+        let protocols = protocols(path, &file.protocols)?;
         let base = base_config(path, preset, &file)?;
 
         let mut grid = Grid::new(base)?;
@@ -185,7 +211,9 @@ impl Plan {
             preset: file.preset,
             steps: file.steps,
             base: grid.base,
-            probe,
+            probe: recipes.probe.clone(),
+            recipes,
+            protocols,
             jobs: grid.jobs,
             groups: grid.groups,
         })
@@ -218,16 +246,34 @@ fn check_data(path: &Path, data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The plan's `[probe]` table, checked; its seed is each job's.
-fn probe_config(path: &Path, table: &toml::Table) -> Result<ProbeConfig> {
+/// A protocol's table of the plan (`[probe]`, `[retrieval]`, ...), checked;
+/// its seed is each job's.
+fn recipe<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    name: &str,
+    table: &toml::Table,
+) -> Result<T> {
     if table.contains_key("seed") {
-        return Err(plan_error(path, "probe.seed", "the probe uses each job's seed"));
+        return Err(plan_error(path, &format!("{name}.seed"), "each job's seed is used"));
     }
-    let probe: ProbeConfig = toml::Value::Table(table.clone())
+    toml::Value::Table(table.clone())
         .try_into()
-        .map_err(|e: toml::de::Error| plan_error(path, "probe", e.message().trim()))?;
-    probe.validate().map_err(|e| plan_error(path, "probe", e))?;
-    Ok(probe)
+        .map_err(|e: toml::de::Error| plan_error(path, name, e.message().trim()))
+}
+
+/// `protocols`, parsed, each once, without the probe (it always runs).
+fn protocols(path: &Path, names: &[String]) -> Result<Vec<Protocol>> {
+    let mut out: Vec<Protocol> = Vec::new();
+    for name in names {
+        let p: Protocol = name.parse().map_err(|e| plan_error(path, "protocols", e))?;
+        if out.contains(&p) {
+            return Err(plan_error(path, "protocols", format!("`{name}` is named twice")));
+        }
+        if p != Protocol::Probe {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// The preset with the plan's `[overrides]` and `steps`: what every job

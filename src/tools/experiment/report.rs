@@ -1,12 +1,15 @@
 //! The report, redrawn after every job: results.md (a table per group of
-//! the plan, mean ± sample std of mIoU over the seeds finished so far) and
-//! results.png (the same as bars).
+//! the plan, mean ± sample std over the seeds finished so far of every
+//! protocol's score, one column each; differences paired by seed against
+//! random init and between pixpro and byol) and results.png (the same as
+//! bars, a panel per group and protocol).
 use std::path::Path;
 
 use super::plan::{Group, Plan};
 use super::results::JobResult;
 use crate::plots::{plot_bars, Bar, BarPanel};
 use crate::train::checkpoint::write_atomically;
+use crate::transfer::evaluate::Protocol;
 use crate::Result;
 
 /// Mean and sample standard deviation (`None` below two values).
@@ -28,31 +31,91 @@ pub struct RowSummary {
     pub n: usize,
     pub miou_mean: Option<f64>,
     pub miou_std: Option<f64>,
+    /// Mean and std of each of the plan's other protocols, in plan order.
+    pub scores: Vec<(Option<f64>, Option<f64>)>,
     pub images_per_sec: Option<f64>,
     pub wall_s: Option<f64>,
 }
 
-pub fn summarize(group: &Group, results: &[JobResult]) -> Vec<RowSummary> {
+pub fn summarize(plan: &Plan, group: &Group, results: &[JobResult]) -> Vec<RowSummary> {
     group
         .rows
         .iter()
         .map(|row| {
             let done: Vec<&JobResult> =
                 results.iter().filter(|r| row.ids.contains(&r.id)).collect();
-            let of = |f: fn(&JobResult) -> Option<f64>| -> Vec<f64> {
+            let of = |f: &dyn Fn(&JobResult) -> Option<f64>| -> Vec<f64> {
                 done.iter().filter_map(|r| f(r)).collect()
             };
-            let (miou_mean, miou_std) = mean_std(&of(|r| Some(r.miou)));
+            let (miou_mean, miou_std) = mean_std(&of(&|r| Some(r.miou)));
             RowSummary {
                 label: row.label.clone(),
                 n: done.len(),
                 miou_mean,
                 miou_std,
-                images_per_sec: mean_std(&of(|r| r.images_per_sec)).0,
-                wall_s: mean_std(&of(|r| Some(r.wall_s))).0,
+                scores: plan.protocols.iter().map(|&p| mean_std(&of(&|r| r.score(p)))).collect(),
+                images_per_sec: mean_std(&of(&|r| r.images_per_sec)).0,
+                wall_s: mean_std(&of(&|r| Some(r.wall_s))).0,
             }
         })
         .collect()
+}
+
+/// `a - b` per seed where both rows have the seed, under `protocol`.
+fn paired(results: &[JobResult], a: &[String], b: &[String], protocol: Protocol) -> Vec<f64> {
+    let by_id = |id: &String| results.iter().find(|r| &r.id == id);
+    a.iter()
+        .filter_map(|ia| {
+            let ra = by_id(ia)?;
+            let rb = b.iter().filter_map(by_id).find(|r| r.seed == ra.seed)?;
+            Some(ra.score(protocol)? - rb.score(protocol)?)
+        })
+        .collect()
+}
+
+fn mean_pm(m: Option<f64>, sd: Option<f64>, sign: bool) -> String {
+    match (m, sd) {
+        (Some(m), Some(sd)) if sign => format!("{m:+.4} ± {sd:.4}"),
+        (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+        (Some(m), None) if sign => format!("{m:+.4}"),
+        (Some(m), None) => format!("{m:.4}"),
+        _ => "-".into(),
+    }
+}
+
+/// The Methods group's paired differences: each method against random
+/// init, and pixpro against byol, per protocol (mean ± std over seeds).
+fn differences(plan: &Plan, group: &Group, results: &[JobResult]) -> String {
+    let row = |label: &str| group.rows.iter().find(|r| r.label == label);
+    let mut pairs: Vec<(String, &[String], &[String])> = Vec::new();
+    if let Some(random) = row("random") {
+        for r in group.rows.iter().filter(|r| r.label != "random") {
+            pairs.push((format!("{} − random", r.label), &r.ids, &random.ids));
+        }
+    }
+    if let (Some(p), Some(b)) = (row("pixpro"), row("byol")) {
+        pairs.push(("pixpro − byol".into(), &p.ids, &b.ids));
+    }
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let protocols: Vec<Protocol> =
+        std::iter::once(Protocol::Probe).chain(plan.protocols.iter().copied()).collect();
+    let mut md = format!(
+        "\nPaired by seed (mean ± sample std of the per-seed difference; n seeds):\n\n| pair | n |{}\n|---|---:|{}\n",
+        protocols.iter().map(|p| format!(" {} |", p.heading())).collect::<String>(),
+        "---:|".repeat(protocols.len())
+    );
+    for (label, a, b) in pairs {
+        let n = paired(results, a, b, Protocol::Probe).len();
+        md.push_str(&format!("| {label} | {n} |"));
+        for &p in &protocols {
+            let (m, sd) = mean_std(&paired(results, a, b, p));
+            md.push_str(&format!(" {} |", mean_pm(m, sd, true)));
+        }
+        md.push('\n');
+    }
+    md
 }
 
 pub(super) fn minutes(s: f64) -> String {
@@ -107,50 +170,81 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
         if commits.is_empty() { "-".to_string() } else { commits.join("; ") },
         plan.path.display(),
     );
+    if !plan.protocols.is_empty() {
+        let r = &plan.recipes;
+        md.push_str(&format!(
+            "\nOther protocols, seeded by the job's seed: {}. Recipes: retrieval {}; \
+             correspondence {}; finetune {}.\n",
+            plan.protocols
+                .iter()
+                .map(|p| format!("{} ({})", p.heading(), p.score_name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            serde_json::to_string(&r.retrieval).unwrap_or_default(),
+            serde_json::to_string(&r.correspondence).unwrap_or_default(),
+            serde_json::to_string(&r.finetune).unwrap_or_default(),
+        ));
+    }
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
+    let extra_heads: String =
+        plan.protocols.iter().map(|p| format!(" {} |", p.heading())).collect();
+    let extra_rule = "---:|".repeat(plan.protocols.len());
     for group in &plan.groups {
         md.push_str(&format!(
-            "\n## {}\n\n| {} | n | probe mIoU | images/s | wall time |\n|---|---:|---:|---:|---:|\n",
+            "\n## {}\n\n| {} | n | probe mIoU |{extra_heads} images/s | wall time |\n|---|---:|---:|{extra_rule}---:|---:|\n",
             group.title, group.row_name
         ));
-        for s in summarize(group, results) {
-            let miou = match (s.miou_mean, s.miou_std) {
-                (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
-                (Some(m), None) => format!("{m:.4}"),
-                _ => "-".into(),
-            };
+        for s in summarize(plan, group, results) {
+            let extra: String =
+                s.scores.iter().map(|&(m, sd)| format!(" {} |", mean_pm(m, sd, false))).collect();
             md.push_str(&format!(
-                "| {} | {} | {miou} | {} | {} |\n",
+                "| {} | {} | {} |{extra} {} | {} |\n",
                 s.label,
                 s.n,
+                mean_pm(s.miou_mean, s.miou_std, false),
                 opt(s.images_per_sec, &|v| format!("{v:.1}")),
                 opt(s.wall_s, &|v| minutes(v)),
             ));
+        }
+        if group.row_name == "method" {
+            md.push_str(&differences(plan, group, results));
         }
     }
     md
 }
 
-/// The bar chart of the report: a panel per group, mean mIoU ± std per row.
+/// The bar chart of the report: a panel per group and protocol, mean ± std
+/// per row.
 fn chart(plan: &Plan, results: &[JobResult], out_png: &Path) -> Result<()> {
-    let panels: Vec<BarPanel> = plan
-        .groups
-        .iter()
-        .map(|g| BarPanel {
-            title: format!("{}: probe mIoU, mean ± std over seeds", g.title),
-            bars: summarize(g, results)
-                .into_iter()
+    let mut panels: Vec<BarPanel> = Vec::new();
+    for g in &plan.groups {
+        let rows = summarize(plan, g, results);
+        let columns = std::iter::once((Protocol::Probe, None))
+            .chain(plan.protocols.iter().enumerate().map(|(i, &p)| (p, Some(i))));
+        for (protocol, column) in columns {
+            let bars = rows
+                .iter()
                 .filter_map(|s| {
-                    Some(Bar {
-                        label: format!("{} (n={})", s.label, s.n),
-                        mean: s.miou_mean?,
-                        std: s.miou_std,
-                    })
+                    let (mean, std) = match column {
+                        None => (s.miou_mean, s.miou_std),
+                        Some(i) => s.scores[i],
+                    };
+                    Some(Bar { label: format!("{} (n={})", s.label, s.n), mean: mean?, std })
                 })
-                .collect(),
-        })
-        .filter(|p| !p.bars.is_empty())
-        .collect();
+                .collect::<Vec<_>>();
+            if !bars.is_empty() {
+                panels.push(BarPanel {
+                    title: format!(
+                        "{}: {} {}, mean ± std over seeds",
+                        g.title,
+                        protocol.heading(),
+                        protocol.score_name()
+                    ),
+                    bars,
+                });
+            }
+        }
+    }
     if panels.is_empty() {
         return Ok(());
     }

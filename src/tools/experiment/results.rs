@@ -1,6 +1,7 @@
 //! What the grid records: one [`JobResult`] per finished job in
-//! `results.json`, rewritten whole (atomically) after every job, and the
-//! check that recorded jobs were run with the plan's budget and probe.
+//! `results.json`, rewritten whole (atomically) after every job or
+//! evaluation, and the check that recorded jobs were run with the plan's
+//! budget and recipes.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
 use crate::train::checkpoint::write_atomically;
+use crate::transfer::evaluate::{Evaluation, Protocol};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};
 
@@ -68,6 +70,21 @@ pub struct JobResult {
     /// The commit of the source checkout the runner was built from,
     /// `-dirty` with local changes.
     pub commit: Option<String>,
+    /// The plan's other protocols by name (the probe's numbers are above),
+    /// as far as they were run: a protocol added to the plan later is run
+    /// on the job's kept checkpoint without pretraining again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evaluations: BTreeMap<String, Evaluation>,
+}
+
+impl JobResult {
+    /// The job's score under `protocol`, if it was measured.
+    pub fn score(&self, protocol: Protocol) -> Option<f64> {
+        match protocol {
+            Protocol::Probe => Some(self.miou),
+            other => self.evaluations.get(&other.to_string()).map(|e| e.score),
+        }
+    }
 }
 
 /// The jobs of `results` (a missing file holds none).
@@ -106,8 +123,29 @@ pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) ->
                 ),
             ));
         }
+        for (name, e) in &r.evaluations {
+            let Some(&p) = plan.protocols.iter().find(|p| p.to_string() == *name) else { continue };
+            let want = plan.recipes.with_seed(r.seed).of(p);
+            if e.recipe != want {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "job {}'s {name} was run with recipe {}; the plan {} asks for {want}. \
+                         Give another --results file to start a new grid",
+                        r.id,
+                        e.recipe,
+                        plan.path.display()
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// The plan's protocols that `r` has not been evaluated with yet.
+pub fn missing_protocols(plan: &Plan, r: &JobResult) -> Vec<Protocol> {
+    plan.protocols.iter().copied().filter(|p| r.score(*p).is_none()).collect()
 }
 
 /// The ids of the plan's jobs already in `results`.

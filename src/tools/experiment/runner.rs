@@ -1,14 +1,18 @@
 //! The grid's loop: the jobs not yet recorded, in plan order, each recorded
 //! and the report redrawn as it finishes, with progress lines and an ETA;
-//! it stops at `--max-jobs`, at a signal, or when pretraining is stopped.
+//! then the recorded jobs that lack one of the plan's protocols, measured
+//! on their kept checkpoints. It stops at `--max-jobs`, at a signal, or
+//! when pretraining is stopped.
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::job::{run_job, Outcome};
+use super::job::{evaluate_missing, run_job, Outcome};
 use super::plan::{Job, Plan};
 use super::report::{minutes, write_report};
-use super::results::{check_recorded, finished_ids, read_results, write_results};
+use super::results::{
+    check_recorded, finished_ids, missing_protocols, read_results, write_results, JobResult,
+};
 use crate::{Error, Result};
 
 /// How a run of the grid goes.
@@ -134,5 +138,53 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
             }
         }
     }
+    if report.stopped_by.is_none() {
+        evaluate_recorded(plan, opts, &mut results, &mut report, &interrupted)?;
+    }
     Ok(report)
+}
+
+/// The recorded jobs that lack a protocol of the plan, measured on their
+/// kept checkpoints, in plan order; each recorded as it finishes.
+fn evaluate_recorded(
+    plan: &Plan,
+    opts: &RunnerOptions,
+    results: &mut [JobResult],
+    report: &mut RunReport,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let todo: Vec<(usize, &Job)> = plan
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let i = results.iter().position(|r| r.id == j.id)?;
+            (!missing_protocols(plan, &results[i]).is_empty()).then_some((i, j))
+        })
+        .collect();
+    for (k, (i, job)) in todo.iter().enumerate() {
+        if opts.max_jobs.is_some_and(|m| report.ran >= m) {
+            report.stopped_by = Some(format!("--max-jobs {}", report.ran));
+            break;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            report.stopped_by = Some("interrupted by a signal".into());
+            break;
+        }
+        let missing = missing_protocols(plan, &results[*i]);
+        let names: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+        if !opts.quiet {
+            eprintln!(
+                "[evaluate {}/{}] {}: {} on its kept backbone",
+                k + 1,
+                todo.len(),
+                job.id,
+                names.join(", ")
+            );
+        }
+        evaluate_missing(plan, job, &mut results[*i], &opts.out, opts.quiet)?;
+        report.ran += 1;
+        write_results(&opts.results, results)?;
+        write_report(plan, results, &opts.out)?;
+    }
+    Ok(())
 }
