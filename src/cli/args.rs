@@ -2,12 +2,13 @@
 //! the same in each.
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use pixpro::model::resnet::Arch;
 use pixpro::train::config::{Config, DeviceChoice};
 use pixpro::train::pick_device;
 use pixpro::transfer::backbone::{Backbone, Weights};
+use pixpro::transfer::evaluate::Recipes;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum DeviceArg {
@@ -133,6 +134,45 @@ impl BackboneSource {
         let backbone = self.weights(shape, seed).load(shape.output_stride, device)?;
         eprintln!("backbone: {}", backbone.note);
         Ok(backbone)
+    }
+}
+
+/// The labelled folder an evaluation reads.
+#[derive(Args)]
+pub(super) struct VocFolder {
+    /// Folder in the Pascal VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets/Segmentation).
+    #[arg(long)]
+    pub(super) voc: PathBuf,
+}
+
+/// The evaluation recipes: a TOML file's tables over the defaults, one seed.
+#[derive(Args)]
+pub(super) struct RecipeArgs {
+    /// TOML with the recipes: [probe], [retrieval], [correspondence], [finetune] tables.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seeds every protocol (the subset, batches, augmentation, heads) and random init
+    /// [default: the recipes' seeds, 0].
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl RecipeArgs {
+    /// The recipes, checked.
+    pub(super) fn recipes(&self) -> Result<Recipes> {
+        let mut r = match &self.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+            }
+            None => Recipes::default(),
+        };
+        if let Some(seed) = self.seed {
+            r = r.with_seed(seed);
+        }
+        r.validate()?;
+        Ok(r)
     }
 }
 

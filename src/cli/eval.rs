@@ -3,11 +3,11 @@
 //! its own files into `OUT/PROTOCOL/`.
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use pixpro::transfer::evaluate::{Evaluation, Evaluator, Protocol, Recipes};
+use pixpro::transfer::evaluate::{Evaluation, Evaluator, Protocol};
 
-use super::args::{BackboneShape, BackboneSource, Device, Quiet};
+use super::args::{BackboneShape, BackboneSource, Device, Quiet, RecipeArgs, VocFolder};
 
 #[derive(Args)]
 pub(super) struct EvalArgs {
@@ -19,18 +19,13 @@ pub(super) struct EvalArgs {
     /// correspondence, finetune, finetune:F (fine-tuning on a share F of the train split).
     #[arg(long, required = true, value_delimiter = ',', value_parser = parse_protocol)]
     protocol: Vec<Protocol>,
-    /// Folder in the Pascal VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets/Segmentation).
-    #[arg(long)]
-    voc: PathBuf,
+    #[command(flatten)]
+    voc: VocFolder,
     /// Output folder: one subfolder per protocol.
     #[arg(long)]
     out: PathBuf,
-    /// TOML with the recipes: [probe], [retrieval], [correspondence], [finetune] tables.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Seeds every protocol (and random init) [default: the recipes' seeds, 0].
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     #[command(flatten)]
     device: Device,
     /// Print the eval.json of each protocol to stdout instead of a line each.
@@ -42,23 +37,6 @@ pub(super) struct EvalArgs {
 
 fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
     s.parse().map_err(|e: pixpro::Error| e.to_string())
-}
-
-/// The recipes of a TOML file (or the defaults), checked.
-pub(super) fn recipes(path: Option<&PathBuf>, seed: Option<u64>) -> Result<Recipes> {
-    let mut r = match path {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
-        }
-        None => Recipes::default(),
-    };
-    if let Some(seed) = seed {
-        r = r.with_seed(seed);
-    }
-    r.validate()?;
-    Ok(r)
 }
 
 /// One line for a user: the score, with what stands beside it.
@@ -73,13 +51,18 @@ pub(super) fn summary(e: &Evaluation) -> String {
 }
 
 pub(super) fn run(args: &EvalArgs) -> Result<()> {
-    let recipes = recipes(args.config.as_ref(), args.seed)?;
+    let recipes = args.recipe.recipes()?;
     let weights = args.backbone.weights(&args.shape, recipes.probe.seed);
     let evaluator = Evaluator { recipes, device: args.device.pick()?, progress: !args.quiet.quiet };
     for &protocol in &args.protocol {
         let out = args.out.join(protocol.folder());
-        let e =
-            evaluator.evaluate(&weights, args.shape.output_stride(), protocol, &args.voc, &out)?;
+        let e = evaluator.evaluate(
+            &weights,
+            args.shape.output_stride(),
+            protocol,
+            &args.voc.voc,
+            &out,
+        )?;
         if args.json {
             print!("{}", std::fs::read_to_string(out.join("eval.json"))?);
         } else {

@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use pixpro::transfer::evaluate::{Evaluator, Protocol};
 
-use super::args::{BackboneShape, BackboneSource, Device, Quiet};
-use super::eval::{recipes, summary};
+use super::args::{BackboneShape, BackboneSource, Device, Quiet, RecipeArgs, VocFolder};
+use super::eval::summary;
 
 #[derive(Args)]
 pub(super) struct FinetuneArgs {
@@ -16,9 +16,8 @@ pub(super) struct FinetuneArgs {
     backbone: BackboneSource,
     #[command(flatten)]
     shape: BackboneShape,
-    /// Folder in the Pascal VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets/Segmentation).
-    #[arg(long)]
-    voc: PathBuf,
+    #[command(flatten)]
+    voc: VocFolder,
     /// Output folder: eval.json, finetune.json, confusion.png, prediction pictures.
     #[arg(long)]
     out: PathBuf,
@@ -26,12 +25,8 @@ pub(super) struct FinetuneArgs {
     /// [default: the recipe's, 1].
     #[arg(long)]
     train_fraction: Option<f64>,
-    /// TOML whose [finetune] table sets the recipe (steps, lr, crop_size, ...).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Seeds the subset, the batches, the augmentation, the head (and random init) [default: 0].
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     #[command(flatten)]
     device: Device,
     #[command(flatten)]
@@ -39,14 +34,19 @@ pub(super) struct FinetuneArgs {
 }
 
 pub(super) fn run(args: &FinetuneArgs) -> Result<()> {
-    let recipes = recipes(args.config.as_ref(), args.seed)?;
+    let recipes = args.recipe.recipes()?;
     let protocol =
         format!("finetune{}", args.train_fraction.map(|f| format!(":{f}")).unwrap_or_default())
             .parse::<Protocol>()?;
     let weights = args.backbone.weights(&args.shape, recipes.finetune.seed);
     let evaluator = Evaluator { recipes, device: args.device.pick()?, progress: !args.quiet.quiet };
-    let e =
-        evaluator.evaluate(&weights, args.shape.output_stride(), protocol, &args.voc, &args.out)?;
+    let e = evaluator.evaluate(
+        &weights,
+        args.shape.output_stride(),
+        protocol,
+        &args.voc.voc,
+        &args.out,
+    )?;
     println!("{}", summary(&e));
     if !args.quiet.quiet {
         eprintln!("wrote eval.json, finetune.json and pictures in {}", args.out.display());

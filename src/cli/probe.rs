@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 
-use super::args::{BackboneShape, BackboneSource, Device};
+use super::args::{BackboneShape, BackboneSource, Device, VocFolder};
 
 #[derive(Args)]
 pub(super) struct ProbeArgs {
@@ -14,9 +14,8 @@ pub(super) struct ProbeArgs {
     backbone: BackboneSource,
     #[command(flatten)]
     shape: BackboneShape,
-    /// Folder in the Pascal VOC 2012 layout (JPEGImages, SegmentationClass, ImageSets/Segmentation).
-    #[arg(long)]
-    voc: PathBuf,
+    #[command(flatten)]
+    voc: VocFolder,
     /// Output folder for probe.json.
     #[arg(long)]
     out: PathBuf,
@@ -79,7 +78,7 @@ pub(super) fn run(args: &ProbeArgs) -> Result<()> {
     let cfg = args.config()?;
     let device = args.device.pick()?;
     let backbone = args.backbone.load(&args.shape, cfg.seed, device)?;
-    let r = probe_into(&backbone, &args.voc, &args.out, &cfg)?;
+    let r = probe_into(&backbone, &args.voc.voc, &args.out, &cfg)?;
     if args.json {
         print!("{}", std::fs::read_to_string(args.out.join("probe.json"))?);
         return Ok(());

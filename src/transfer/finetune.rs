@@ -42,7 +42,7 @@ use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::model::resnet::{batch_norm2d, BatchNorm2d, ResNet};
 use crate::transfer::backbone::Backbone;
 use crate::transfer::probe::{self, miou_from_confusion};
-use crate::transfer::voc::{class_names, VocSample, VocSplit, IGNORE};
+use crate::transfer::voc::{train_val, VocSample, VocSplit, IGNORE};
 use crate::{Error, Result};
 
 /// The knobs of the recipe above.
@@ -203,10 +203,8 @@ pub fn finetune(
 ) -> Result<FinetuneResult> {
     cfg.validate()?;
     let start = Instant::now();
-    let classes = class_names(voc)?;
+    let (classes, train, val) = train_val(voc)?;
     let k = classes.len();
-    let train = VocSplit::open(voc, "train", k)?;
-    let val = VocSplit::open(voc, "val", k)?;
     let subset = train_subset(train.len(), cfg.train_fraction, cfg.seed);
     let (device, c5, os) =
         (backbone.device(), backbone.arch.out_channels(), backbone.output_stride);

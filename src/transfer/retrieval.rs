@@ -46,7 +46,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::heads::normalize_cells;
 use crate::transfer::backbone::Backbone;
 use crate::transfer::probe::{accumulate_confusion, extract, miou_from_confusion, Mask};
-use crate::transfer::voc::{class_names, VocSplit};
+use crate::transfer::voc::train_val;
 use crate::{Error, Result};
 
 /// The knobs of the retrieval; the rest is the fixed recipe above.
@@ -148,10 +148,8 @@ pub fn retrieval(
 ) -> Result<RetrievalResult> {
     cfg.validate()?;
     let start = Instant::now();
-    let classes = class_names(voc)?;
+    let (classes, train, val) = train_val(voc)?;
     let k = classes.len();
-    let train = VocSplit::open(voc, "train", k)?;
-    let val = VocSplit::open(voc, "val", k)?;
     let (s, device) = (cfg.image_size, backbone.device());
     let net = |x: &Tensor| backbone.features(x);
     let (train_feats, train_masks) = extract(&net, &train, s, cfg.batch_size, device, true)?;

@@ -72,6 +72,15 @@ pub fn class_names(root: &Path) -> Result<Vec<String>> {
 
 /// One labelled image: `mask` is row-major, the image's size, one class id
 /// (or [`IGNORE`]) per pixel.
+/// A VOC folder's class names with its `train` and `val` splits, what
+/// every evaluation that trains or remembers on train and scores val reads.
+pub fn train_val(root: &Path) -> Result<(Vec<String>, VocSplit, VocSplit)> {
+    let classes = class_names(root)?;
+    let train = VocSplit::open(root, "train", classes.len())?;
+    let val = VocSplit::open(root, "val", classes.len())?;
+    Ok((classes, train, val))
+}
+
 #[derive(Debug, Clone)]
 pub struct VocSample {
     pub id: String,

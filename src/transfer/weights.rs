@@ -263,13 +263,7 @@ fn to_tensor(
                 .as_deref()
                 .and_then(storage_kind)
                 .ok_or_else(|| err("its storage has an unknown type"))?;
-            let ints = |v: &Value| -> Result<Vec<i64>> {
-                v.as_seq()
-                    .ok_or_else(|| err("size or stride is not a tuple"))?
-                    .iter()
-                    .map(|d| d.as_int().ok_or_else(|| err("size or stride is not an int")))
-                    .collect()
-            };
+            let ints = |v| int_tuple(v).ok_or_else(|| err("size or stride is not ints"));
             let (size, stride) = (ints(size)?, ints(stride)?);
             let offset = offset.as_int().ok_or_else(|| err("offset is not an int"))?;
             let data = storage(pid, kind)?;
@@ -307,12 +301,7 @@ fn to_tensor(
             match state.as_seq() {
                 Some([_, shape, dtype, fortran, Value::Bytes(data)]) => {
                     let kind = numpy_kind(dtype).map_err(|e| err(&e))?;
-                    let shape = shape
-                        .as_seq()
-                        .ok_or_else(|| err("numpy shape is not a tuple"))?
-                        .iter()
-                        .map(|d| d.as_int().ok_or_else(|| err("numpy shape is not ints")))
-                        .collect::<Result<Vec<i64>>>()?;
+                    let shape = int_tuple(shape).ok_or_else(|| err("numpy shape is not ints"))?;
                     if *fortran == Value::Bool(true) {
                         return Err(err("a Fortran-order numpy array"));
                     }
@@ -329,18 +318,18 @@ fn to_tensor(
                     return Err(err("a Fortran-order numpy array"));
                 }
                 let kind = numpy_kind(dtype).map_err(|e| err(&e))?;
-                let shape = shape
-                    .as_seq()
-                    .ok_or_else(|| err("numpy shape is not a tuple"))?
-                    .iter()
-                    .map(|d| d.as_int().ok_or_else(|| err("numpy shape is not ints")))
-                    .collect::<Result<Vec<i64>>>()?;
+                let shape = int_tuple(shape).ok_or_else(|| err("numpy shape is not ints"))?;
                 numpy_tensor(data, &shape, kind).map_err(|e| err(&e)).map(Some)
             }
             _ => Err(err("unexpected arguments to numpy's _frombuffer")),
         },
         _ => Ok(None),
     }
+}
+
+/// A tuple (or list) of ints, as shapes and strides are pickled.
+fn int_tuple(v: &Value) -> Option<Vec<i64>> {
+    v.as_seq()?.iter().map(Value::as_int).collect()
 }
 
 fn numpy_tensor(data: &[u8], shape: &[i64], kind: Kind) -> std::result::Result<Tensor, String> {

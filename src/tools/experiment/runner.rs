@@ -4,7 +4,7 @@
 //! on their kept checkpoints. It stops at `--max-jobs`, at a signal, or
 //! when pretraining is stopped.
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::job::{evaluate_missing, run_job, Outcome};
@@ -103,12 +103,8 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
         RunReport { ran: 0, skipped: done_before.len(), remaining: todo.len(), stopped_by: None };
     let mut clock = Clock::default();
     for (k, job) in todo.iter().enumerate() {
-        if opts.max_jobs.is_some_and(|m| report.ran >= m) {
-            report.stopped_by = Some(format!("--max-jobs {}", report.ran));
-            break;
-        }
-        if interrupted.load(Ordering::Relaxed) {
-            report.stopped_by = Some("interrupted by a signal".into());
+        if let Some(why) = stop_reason(opts, report.ran, &interrupted) {
+            report.stopped_by = Some(why);
             break;
         }
         let position = done_before.len() + k + 1;
@@ -144,6 +140,15 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     Ok(report)
 }
 
+/// Why the loop stops before the next job, if it does: `--max-jobs`
+/// reached, or a signal.
+fn stop_reason(opts: &RunnerOptions, ran: usize, interrupted: &AtomicBool) -> Option<String> {
+    if opts.max_jobs.is_some_and(|m| ran >= m) {
+        return Some(format!("--max-jobs {ran}"));
+    }
+    interrupted.load(Ordering::Relaxed).then(|| "interrupted by a signal".into())
+}
+
 /// The recorded jobs that lack a protocol of the plan, measured on their
 /// kept checkpoints, in plan order; each recorded as it finishes.
 fn evaluate_recorded(
@@ -151,7 +156,7 @@ fn evaluate_recorded(
     opts: &RunnerOptions,
     results: &mut [JobResult],
     report: &mut RunReport,
-    interrupted: &std::sync::atomic::AtomicBool,
+    interrupted: &AtomicBool,
 ) -> Result<()> {
     let todo: Vec<(usize, &Job)> = plan
         .jobs
@@ -162,12 +167,8 @@ fn evaluate_recorded(
         })
         .collect();
     for (k, (i, job)) in todo.iter().enumerate() {
-        if opts.max_jobs.is_some_and(|m| report.ran >= m) {
-            report.stopped_by = Some(format!("--max-jobs {}", report.ran));
-            break;
-        }
-        if interrupted.load(Ordering::Relaxed) {
-            report.stopped_by = Some("interrupted by a signal".into());
+        if let Some(why) = stop_reason(opts, report.ran, interrupted) {
+            report.stopped_by = Some(why);
             break;
         }
         let missing = missing_protocols(plan, &results[*i]);
