@@ -1,7 +1,7 @@
 """Writes the weight files `tests/weights.rs` reads, as PyTorch users have them.
 
     python tests/weight_files.py OUT_DIR [--arch resnet18] [--seed 0]
-    python tests/weight_files.py OUT_DIR --torchvision-init-only
+    python tests/weight_files.py OUT_DIR --torchvision-init-only [--zero-init-residual]
 
 A torchvision-named ResNet (torchvision's own if importable, else the
 same-named module tree of export_roundtrip.py) with every tensor set to
@@ -24,7 +24,9 @@ pass, saved as:
 
 With --torchvision-init-only it writes just init.pth: the network with
 torchvision's initialisation (kaiming-normal fan-out convolutions, BatchNorm
-at 1 and 0), for comparing pixpro's random init with torchvision's.
+at 1 and 0), for comparing pixpro's random init with torchvision's; with
+--zero-init-residual also the last BatchNorm of every residual branch at 0
+(torchvision's `zero_init_residual=True`, which the spec's init follows).
 """
 
 import argparse
@@ -41,13 +43,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export_roundtrip import build_model, detectron2_name  # noqa: E402
 
 
-def torchvision_init(model):
+def torchvision_init(model, zero_init_residual):
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
+    if zero_init_residual:
+        for name, m in model.named_modules():
+            last = "bn3" if hasattr(m, "bn3") else "bn2"
+            if name.startswith("layer") and hasattr(m, last):
+                nn.init.constant_(getattr(m, last).weight, 0)
 
 
 def main():
@@ -56,12 +63,13 @@ def main():
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torchvision-init-only", action="store_true")
+    ap.add_argument("--zero-init-residual", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     model = build_model(args.arch)
     if args.torchvision_init_only:
-        torchvision_init(model)
+        torchvision_init(model, args.zero_init_residual)
         torch.save(model.state_dict(), os.path.join(args.out, "init.pth"))
         return
     state = model.state_dict()
