@@ -153,7 +153,7 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
          {done} of {} jobs finished. Pretraining: {} steps per job ({} preset, batch {}, {} px). \
          Probe: {} px, {} epochs, lr {}, batch {}, seeded by the job's seed. \
          mIoU is mean ± sample standard deviation over seeds (n); images/s is pretraining \
-         throughput; wall time is pretraining plus probe, per job.\n\n\
+         throughput; wall time is pretraining plus every evaluation, per job.\n\n\
          Hardware: {}.\n\nCode: pixpro {}.\n\n\
          Rerun or finish: `pixpro experiment --plan {} --out OUT`.\n",
         plan.path.display(),

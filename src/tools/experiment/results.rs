@@ -57,7 +57,8 @@ pub struct JobResult {
     pub pixel_accuracy: f64,
     /// Pretraining images per second over the whole run; `None` for random.
     pub images_per_sec: Option<f64>,
-    /// Pretraining (the part run in the session that finished it) plus probe.
+    /// Pretraining (the part run in the session that finished it) plus every
+    /// evaluation, those run later on the kept checkpoint included.
     pub wall_s: f64,
     /// Pretraining steps; 0 for random.
     pub steps: u64,
