@@ -122,16 +122,24 @@ impl Recipes {
         r
     }
 
+    /// The fine-tuning recipe on `train_fraction` of the train split, or on
+    /// the `[finetune]` table's share.
+    pub fn finetune_on(&self, train_fraction: Option<f64>) -> FinetuneConfig {
+        FinetuneConfig {
+            train_fraction: train_fraction.unwrap_or(self.finetune.train_fraction),
+            ..self.finetune.clone()
+        }
+    }
+
     /// The recipe `protocol` runs with, as JSON for reports.
     pub fn of(&self, protocol: Protocol) -> serde_json::Value {
         let value = match protocol {
             Protocol::Probe => serde_json::to_value(&self.probe),
             Protocol::Retrieval => serde_json::to_value(&self.retrieval),
             Protocol::Correspondence => serde_json::to_value(&self.correspondence),
-            Protocol::Finetune { train_fraction } => serde_json::to_value(FinetuneConfig {
-                train_fraction: train_fraction.unwrap_or(self.finetune.train_fraction),
-                ..self.finetune.clone()
-            }),
+            Protocol::Finetune { train_fraction } => {
+                serde_json::to_value(self.finetune_on(train_fraction))
+            }
         };
         value.unwrap_or(serde_json::Value::Null)
     }
@@ -206,10 +214,7 @@ impl Evaluator {
                 (r.accuracy, None, json(&r))
             }
             Protocol::Finetune { train_fraction } => {
-                let cfg = FinetuneConfig {
-                    train_fraction: train_fraction.unwrap_or(recipes.finetune.train_fraction),
-                    ..recipes.finetune.clone()
-                };
+                let cfg = recipes.finetune_on(train_fraction);
                 let r = finetune_into(backbone, voc, out, &cfg, progress)?;
                 (r.miou, Some(r.per_class_iou.clone()), json(&r))
             }
