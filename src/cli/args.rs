@@ -145,6 +145,16 @@ pub(super) struct VocFolder {
     pub(super) voc: PathBuf,
 }
 
+/// A recipe TOML file read as `T`, or `T`'s defaults without a file; errors
+/// name the file.
+pub(super) fn toml_or_default<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    Ok(toml::from_str(&text).with_context(|| format!("{}", path.display()))?)
+}
+
 /// The evaluation recipes: a TOML file's tables over the defaults, one seed.
 #[derive(Args)]
 pub(super) struct RecipeArgs {
@@ -160,14 +170,7 @@ pub(super) struct RecipeArgs {
 impl RecipeArgs {
     /// The recipes, checked.
     pub(super) fn recipes(&self) -> Result<Recipes> {
-        let mut r = match &self.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}", path.display()))?
-            }
-            None => Recipes::default(),
-        };
+        let mut r: Recipes = toml_or_default(self.config.as_deref())?;
         if let Some(seed) = self.seed {
             r = r.with_seed(seed);
         }

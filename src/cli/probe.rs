@@ -2,11 +2,11 @@
 //! a weight file's or a random one) on a Pascal VOC-layout folder.
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 
-use super::args::{BackboneShape, BackboneSource, Device, VocFolder};
+use super::args::{toml_or_default, BackboneShape, BackboneSource, Device, VocFolder};
 
 #[derive(Args)]
 pub(super) struct ProbeArgs {
@@ -38,14 +38,7 @@ pub(super) struct ProbeArgs {
 impl ProbeArgs {
     /// The default recipe or the TOML file's, then the flags.
     fn config(&self) -> Result<ProbeConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}", path.display()))?
-            }
-            None => ProbeConfig::default(),
-        };
+        let mut cfg: ProbeConfig = toml_or_default(self.config.as_deref())?;
         if let Some(s) = self.image_size {
             cfg.image_size = s;
         }
