@@ -260,7 +260,7 @@ fn plan_errors_name_the_key_and_the_file() {
     let bad_probe = text.replace("epochs = 2", "image_sise = 3");
     std::fs::write(&path, bad_probe).unwrap();
     let e = Plan::load(&path).unwrap_err().to_string();
-    assert!(e.contains("probe") && e.contains("image_sise"), "{e}");
+    assert!(e.starts_with("config key `probe.image_sise`: unknown field"), "{e}");
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use pixpro::model::resnet::Arch;
-use pixpro::train::config::{Config, DeviceChoice};
+use pixpro::train::config::{from_table, toml_error, Config, DeviceChoice};
 use pixpro::train::pick_device;
 use pixpro::transfer::backbone::{Backbone, Weights};
 use pixpro::transfer::evaluate::Recipes;
@@ -152,7 +152,8 @@ pub(super) fn toml_or_default<T: serde::de::DeserializeOwned + Default>(
 ) -> Result<T> {
     let Some(path) = path else { return Ok(T::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    Ok(toml::from_str(&text).with_context(|| format!("{}", path.display()))?)
+    let table = toml::from_str(&text).map_err(toml_error);
+    Ok(table.and_then(|t| from_table(t, "")).with_context(|| format!("{}", path.display()))?)
 }
 
 /// The evaluation recipes: a TOML file's tables over the defaults, one seed.

@@ -218,7 +218,7 @@ impl Config {
     pub fn with_overlay(&self, overlay: toml::Table) -> Result<Config> {
         let mut merged = self.to_table()?;
         merge(&mut merged, overlay);
-        merged.try_into().map_err(toml_error)
+        from_table(merged, "")
     }
 
     /// The config as a TOML table, e.g. to read one key by its path.
@@ -288,21 +288,30 @@ impl Config {
     }
 }
 
-pub(crate) fn toml_error(e: toml::de::Error) -> Error {
-    // toml names the unknown key in its message but not always a path to it,
-    // so keep its whole text: it quotes the offending line.
+/// A TOML syntax error: toml quotes the offending line and its place.
+pub fn toml_error(e: toml::de::Error) -> Error {
     let msg = e.message().trim().to_string();
-    let key = msg
-        .split('`')
-        .nth(1)
-        .filter(|_| msg.starts_with("unknown field"))
-        .unwrap_or("(file)")
-        .to_string();
     let reason = match e.span() {
         Some(span) => format!("{msg} (at bytes {}..{})", span.start, span.end),
         None => msg,
     };
-    Error::Config { key, reason }
+    Error::Config { key: "(file)".into(), reason }
+}
+
+/// `table` read as `T`; an error names the dotted key, below `prefix` (the
+/// table's own key, "" for a whole file), whose value is of the wrong kind
+/// (`model.arch`) or that is unknown. toml alone names only unknown keys.
+pub fn from_table<T: serde::de::DeserializeOwned>(table: toml::Table, prefix: &str) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let key = [prefix, path.as_str()]
+            .into_iter()
+            .filter(|k| !k.is_empty() && *k != ".")
+            .collect::<Vec<_>>()
+            .join(".");
+        let key = if key.is_empty() { "(file)".to_string() } else { key };
+        Error::Config { key, reason: e.inner().message().trim().to_string() }
+    })
 }
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -365,12 +374,32 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_named() {
+    fn unknown_key_is_named_by_its_path() {
         let err =
             Config::from_toml_str("[train]\nbatch_sise = 16\n", &Config::default()).unwrap_err();
-        assert!(err.to_string().contains("batch_sise"), "{err}");
+        assert!(
+            err.to_string().starts_with("config key `train.batch_sise`: unknown field"),
+            "{err}"
+        );
         let err = Config::from_toml_str("[trian]\n", &Config::default()).unwrap_err();
-        assert!(err.to_string().contains("trian"), "{err}");
+        assert!(err.to_string().starts_with("config key `trian`: unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_names_its_key() {
+        let err = Config::from_toml_str("[model]\narch = \"resnet51\"\n", &Config::default())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `model.arch`: unknown variant `resnet51`, expected one of `resnet18`, \
+             `resnet34`, `resnet50`"
+        );
+        let err = Config::from_toml_str("[train]\nbatch_size = \"many\"\n", &Config::default())
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("config key `train.batch_size`: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -380,8 +409,5 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("train.batch_size"));
         let c = Config::from_toml_str("[optim]\nlr_per_256 = -1.0\n", &Config::default()).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("optim.lr_per_256"));
-        let err = Config::from_toml_str("[train]\nbatch_size = \"many\"\n", &Config::default())
-            .unwrap_err();
-        assert!(err.to_string().contains("invalid type"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::method::Method;
-use crate::train::config::{toml_error, Config, Preset};
+use crate::train::config::{from_table, toml_error, Config, Preset};
 use crate::transfer::evaluate::{Protocol, Recipes};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};
@@ -223,7 +223,7 @@ impl Plan {
 /// The plan file's text as typed keys; a parse error names the plan file.
 fn parse(path: &Path) -> Result<PlanFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text).map_err(|e| match toml_error(e) {
+    toml::from_str(&text).map_err(toml_error).and_then(|t| from_table(t, "")).map_err(|e| match e {
         Error::Config { key, reason } => plan_error(path, &key, reason),
         other => other,
     })
@@ -256,9 +256,10 @@ fn recipe<T: serde::de::DeserializeOwned>(
     if table.contains_key("seed") {
         return Err(plan_error(path, &format!("{name}.seed"), "each job's seed is used"));
     }
-    toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| plan_error(path, name, e.message().trim()))
+    from_table(table.clone(), name).map_err(|e| match e {
+        Error::Config { key, reason } => plan_error(path, &key, reason),
+        other => other,
+    })
 }
 
 /// `protocols`, parsed, each once, without the probe (it always runs).
