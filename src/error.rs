@@ -37,6 +37,12 @@ pub enum Error {
          run with a lower optim.lr_per_256 or a longer optim.warmup_epochs"
     )]
     Diverged { step: u64, bad_steps: u64, kept: String },
+    /// A directory another process is writing (see `train::lock`).
+    #[error(
+        "{dir} is in use by {holder}: wait for that run to end or stop it, or write to another \
+         directory"
+    )]
+    Busy { dir: PathBuf, holder: String },
     /// A data-parallel launch that is set up wrong, or a collective that
     /// failed (a rank that died or hung past the timeout).
     #[error("distributed run: {0}")]

@@ -9,7 +9,8 @@
 //!           batches PPM      pixcontrast  target              ckpt     backbone    bench, inspect
 //!
 //!  beside them, importing no stage: distributed (process groups, SyncBN,
-//!  gradient averaging) and plots (PNG pictures of numbers)
+//!  gradient averaging), plots (PNG pictures of numbers) and files (writes
+//!  that are whole or not at all)
 //! ```
 //!
 //! - [`data`]: files -> two views with their crop coordinates -> batches.
@@ -24,14 +25,15 @@
 //! - [`tools`]: the demo data set, experiment grids, benchmarks, pictures.
 //!
 //! The rule that keeps the flow one way: a module imports only from its own
-//! stage, from earlier stages, and from [`distributed`], [`plots`] and
-//! [`error`], which import no stage. `tests/layout.rs` checks it.
+//! stage, from earlier stages, and from [`distributed`], [`plots`],
+//! [`files`] and [`error`], which import no stage. `tests/layout.rs` checks it.
 // Anything a user controls (files, configs, checkpoints) fails with an
 // `Error` through `?`, never a panic; `expect` stays for internal invariants,
 // its message saying why it cannot fail. .ci/run checks this with clippy.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod error;
+pub mod files;
 pub mod distributed;
 pub mod plots;
 

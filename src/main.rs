@@ -8,6 +8,14 @@ mod cli;
 
 fn main() -> ExitCode {
     pixpro::train::malloc::tune_for_tensors();
+    // A file-size limit (`ulimit -f`, a batch system's) then fails the write
+    // with "File too large", which names the file and keeps the last
+    // checkpoint, instead of killing the process with a core dump.
+    #[cfg(unix)]
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     // Logs go to stderr through tracing; RUST_LOG=debug shows more.
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -63,6 +63,12 @@ fn a_stopped_grid_is_finished_without_rerunning_jobs() {
     };
     let first = run(&plan, &opts(Some(2))).unwrap();
     assert_eq!((first.ran, first.skipped, first.remaining), (2, 0, 3));
+    // While another process holds the experiment's folder, nothing runs.
+    let other = std::fs::File::options().write(true).open(out.join(".lock")).unwrap();
+    other.try_lock().unwrap();
+    let busy = run(&plan, &opts(None)).unwrap_err();
+    assert!(matches!(busy, pixpro::Error::Busy { ref dir, .. } if *dir == out), "{busy}");
+    drop(other);
     let before = read_results(&out.join("results.json")).unwrap();
     let done: Vec<&str> = before.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(done, ["random-s0", "pixpro-s0"]);

@@ -148,7 +148,10 @@ fn a_run_without_a_loadable_checkpoint_names_the_files_tried() {
 
 /// Starts the real binary on `run`, its stderr in `run`.stderr.
 fn spawn(data: &Path, run: &Path, cfg: &Path, extra: &[&str]) -> Child {
-    let log = run.with_extension("stderr");
+    spawn_logged(data, run, cfg, extra, &run.with_extension("stderr"))
+}
+
+fn spawn_logged(data: &Path, run: &Path, cfg: &Path, extra: &[&str], log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pixpro"))
         .args(["pretrain", "--data"])
         .arg(data)
@@ -244,11 +247,144 @@ fn sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run() {
     eprintln!("killed after {logged} logged steps, checkpoint at step {saved}");
     assert!(saved >= 3 && saved as usize <= logged);
 
+    // The killed process held the run's lock; the kernel dropped it.
+    assert!(run.join(".lock").exists());
     let mut child = spawn(&data, &run, &cfg_path, &[]);
     assert!(child.wait().unwrap().success(), "{}", stderr_of(&run));
     assert_eq!(metric_steps(&run), (1..=steps).collect::<Vec<_>>());
 
     // The same recipe, uninterrupted, in this process.
+    let straight = tmp.path().join("straight");
+    let cfg = saved_config(&RunDir::new(&run)).unwrap();
+    pretrain(&cfg, &options(&data, &straight, None)).unwrap();
+    assert_same_tensors(
+        &straight.join("checkpoints/last.safetensors"),
+        &run.join("checkpoints/last.safetensors"),
+    );
+}
+
+#[test]
+fn a_second_process_on_a_run_directory_stops_at_once_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = write_config(tmp.path(), 6);
+    let alone = tmp.path().join("alone");
+    assert!(spawn(&data, &alone, &cfg, &[]).wait().unwrap().success(), "{}", stderr_of(&alone));
+
+    let run = tmp.path().join("run");
+    let mut first = spawn(&data, &run, &cfg, &[]);
+    let holder = format!("pid {} on ", first.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(run.join(".lock")).unwrap_or_default().starts_with(&holder) {
+        assert!(first.try_wait().unwrap().is_none(), "{}", stderr_of(&run));
+        assert!(Instant::now() < deadline, "no lock taken:\n{}", stderr_of(&run));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = tmp.path().join("second.stderr");
+    let started = Instant::now();
+    let status = spawn_logged(&data, &run, &cfg, &[], &log).wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    // It did not wait for the lock (a time bound would only measure how
+    // busy the machine is: starting libtorch alone takes most of a second).
+    eprintln!("the second process exited after {:?}", started.elapsed());
+    assert!(first.try_wait().unwrap().is_none(), "the second process waited:\n{said}");
+    let want = format!("error: {} is in use by {holder}", run.display());
+    assert!(said.contains(&want), "{said}");
+
+    assert!(first.wait().unwrap().success(), "{}", stderr_of(&run));
+    assert_eq!(metric_steps(&run), (1..=6).collect::<Vec<_>>());
+    let files = |dir: &Path| {
+        let mut names: Vec<_> = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| e.unwrap().path().strip_prefix(dir).unwrap().to_path_buf())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files(&run), files(&alone));
+    for ck in ["last.safetensors", "step-0000003.safetensors", "step-0000006.safetensors"] {
+        let ck = Path::new("checkpoints").join(ck);
+        assert_same_tensors(&alone.join(&ck), &run.join(&ck));
+    }
+    let losses = |dir: &Path| metrics(dir).iter().map(|l| l["loss"].clone()).collect::<Vec<_>>();
+    assert_eq!(losses(&run), losses(&alone));
+}
+
+#[test]
+fn a_disk_that_refuses_writes_stops_the_run_with_its_last_checkpoint_intact() {
+    // The first write refused is a checkpoint, then a metrics line.
+    for (log_every, refused) in [(100, "checkpoints/last.safetensors"), (1, "metrics.jsonl")] {
+        refused_writes(log_every, refused);
+    }
+}
+
+/// Trains until the first checkpoint, then refuses every write: the error
+/// names `refused` in the run; what is left loads, and the same command
+/// afterwards ends as a run never stopped.
+fn refused_writes(log_every: u64, refused: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let steps = 24;
+    let cfg_path = tmp.path().join("tiny.toml");
+    let text = TINY.replace("steps = 6", &format!("steps = {steps}"));
+    std::fs::write(&cfg_path, text.replace("log_every = 1", &format!("log_every = {log_every}")))
+        .unwrap();
+    let run = tmp.path().join("run");
+    // stderr to a pipe: the limit below would refuse a log file too.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["pretrain", "--data"])
+        .args([&data, Path::new("--out"), &run, Path::new("--config"), &cfg_path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = run.join("checkpoints/step-0000003.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !first.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A file-size limit of one byte, set on the running process, fails
+    // every write past the first byte of any file, as a full disk fails
+    // every write: a real OS error, without mounting a small file system.
+    let limited = Command::new("prlimit")
+        .args(["--fsize=1", "--pid", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    let error = said.lines().rfind(|l| l.starts_with("error: ")).unwrap_or_default();
+    let want = format!("error: {}: File too large (os error 27)", run.join(refused).display());
+    assert_eq!(error, want, "{said}");
+
+    let mut left = Vec::new();
+    for entry in walkdir::WalkDir::new(&run) {
+        let path = entry.unwrap().into_path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "a partial file is left: {}", path.display());
+        if name.ends_with(".safetensors") {
+            Checkpoint::load(&path).unwrap();
+            left.push(name);
+        }
+    }
+    assert!(left.contains(&"step-0000003.safetensors".to_string()), "{left:?}");
+    // Every line that is there is whole.
+    let logged = metric_steps(&run);
+    let saved = Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap().meta.step;
+    eprintln!("stopped after {} logged steps, checkpoint at step {saved}: {error}", logged.len());
+    assert!(saved < steps);
+
+    // Space again: the same command resumes, and ends as a run never stopped.
+    let mut child = spawn(&data, &run, &cfg_path, &[]);
+    assert!(child.wait().unwrap().success(), "{}", stderr_of(&run));
+    let logged: Vec<u64> = (1..=steps).filter(|s| s % log_every == 0 || *s == steps).collect();
+    assert_eq!(metric_steps(&run), logged);
     let straight = tmp.path().join("straight");
     let cfg = saved_config(&RunDir::new(&run)).unwrap();
     pretrain(&cfg, &options(&data, &straight, None)).unwrap();

@@ -153,7 +153,7 @@ pub(super) fn toml_or_default<T: serde::de::DeserializeOwned + Default>(
     let Some(path) = path else { return Ok(T::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let table = toml::from_str(&text).map_err(toml_error);
-    Ok(table.and_then(|t| from_table(t, "")).with_context(|| format!("{}", path.display()))?)
+    table.and_then(|t| from_table(t, "")).with_context(|| format!("{}", path.display()))
 }
 
 /// The evaluation recipes: a TOML file's tables over the defaults, one seed.

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
 use pixpro::train::config::{Config, Preset};
-use pixpro::train::{self, RunDir, RunOptions};
+use pixpro::train::{self, DirLock, RunDir, RunOptions};
 use pixpro::transfer::backbone::Backbone;
 use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 
@@ -37,6 +37,7 @@ pub(super) struct DemoArgs {
 
 pub(super) fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
+    let _owner = DirLock::acquire(&args.out)?;
     let data = args.data.clone().unwrap_or_else(|| args.out.join("tuxseg"));
     let run = args.out.join("pretrain");
     let mut cfg = Preset::Cpu.config();

@@ -9,7 +9,7 @@ use pixpro::distributed::collective::Launch;
 use pixpro::method::Method;
 use pixpro::model::precision::Precision;
 use pixpro::train::config::{Config, Preset};
-use pixpro::train::{self, RunDir, RunOptions};
+use pixpro::train::{self, DirLock, RunDir, RunOptions};
 
 use super::args::{ConfigFile, DeviceArg, ImageFolder, Quiet, Workers};
 
@@ -181,6 +181,10 @@ pub(super) fn outcome(stopped_by: &Option<String>) -> String {
 
 pub(super) fn run(args: &PretrainArgs) -> Result<()> {
     let run = RunDir::new(&args.out);
+    let launch = Launch::from_env()?;
+    let rank0 = launch.as_ref().is_none_or(|l| l.rank == 0);
+    // Before the run's files are read: another process may be writing them.
+    let _owner = if rank0 { Some(DirLock::acquire(&run.root)?) } else { None };
     let resuming = run.can_resume();
     if args.resume && !resuming {
         bail!(
@@ -191,7 +195,7 @@ pub(super) fn run(args: &PretrainArgs) -> Result<()> {
     let cfg = if resuming { args.resumed_config(&run)? } else { args.requested_config()? };
     cfg.validate()?;
     // In a data-parallel run only rank 0 reports; the others train quietly.
-    let quiet = args.progress.quiet || Launch::from_env()?.is_some_and(|l| l.rank != 0);
+    let quiet = args.progress.quiet || !rank0;
     let data = &args.images.data;
     if !quiet {
         eprintln!(

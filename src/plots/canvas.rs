@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 use image::{ImageError, Rgb, RgbImage};
 
+use crate::files::write_atomically;
 use crate::{Error, Result};
 
 /// Debian's fonts-dejavu-core.
@@ -163,12 +164,14 @@ pub(crate) fn text(img: &mut RgbImage, x: f32, y: f32, size: f32, c: Rgb<u8>, s:
     }
 }
 
-/// Writes `img` as PNG, the error naming the file.
+/// Writes `img` as PNG, whole or not at all, the error naming the file.
 pub(crate) fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| match e {
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).map_err(|e| match e {
         ImageError::IoError(io) => Error::io(path, io),
         other => Error::data(path, format!("cannot write PNG: {other}")),
-    })
+    })?;
+    write_atomically(path, png.get_ref())
 }
 
 /// Linear mix from `a` (t = 0) to `b` (t = 1).

@@ -6,14 +6,14 @@
 //! Files are written to a temporary name, fsynced, then renamed over the old
 //! one, so a crash at any moment leaves either the old or the new checkpoint.
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::files::write_atomically;
 use crate::train::config::Config;
 use crate::{Error, Result};
 
@@ -81,25 +81,6 @@ pub(crate) fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>), S
     let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.f_copy_data_u8(&mut bytes, numel).map_err(|e| e.to_string())?;
     Ok((dtype, t.size().iter().map(|&d| d as usize).collect(), bytes))
-}
-
-/// Writes `bytes` to `path` so that readers see the old file or the whole new
-/// one, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    // The rename itself is durable only once the directory is synced.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 impl Checkpoint {

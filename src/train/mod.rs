@@ -13,6 +13,8 @@
 //! - [`checkpoint`]: everything a bit-exact resume needs, in one safetensors
 //!   file.
 //! - [`run_dir`]: the files of a run, and reading them back.
+//! - [`lock`]: one process at a time per run directory (and per any other
+//!   directory a command resumes).
 //! - [`malloc`]: the glibc allocator settings that keep a training step from
 //!   faulting its memory in anew.
 pub mod config;
@@ -22,8 +24,10 @@ pub mod run;
 pub mod report;
 pub mod checkpoint;
 pub mod run_dir;
+pub mod lock;
 pub mod malloc;
 
+pub use lock::DirLock;
 pub use machine::{auto_workers, interrupt_flag, open_loader, open_sharded_loader, pick_device};
 pub use report::RunSummary;
 pub use run::{pretrain, RunOptions};

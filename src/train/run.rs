@@ -20,8 +20,10 @@ use tch::Device;
 use crate::data::loader::{BatchIter, Loader};
 use crate::distributed::collective::{Group, Launch};
 use crate::distributed::syncbn;
-use crate::train::checkpoint::{self, Checkpoint, Meta, FORMAT_VERSION};
+use crate::files::{copy_atomically, write_atomically};
+use crate::train::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
 use crate::train::config::Config;
+use crate::train::lock::DirLock;
 use crate::train::machine::{interrupt_flag, open_sharded_loader, pick_device};
 use crate::train::report::{progress_bar, MetricsLine, RunSummary, Window};
 use crate::train::run_dir::{draw_loss_plot, truncate_metrics, RunDir};
@@ -57,6 +59,11 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
     let started = Instant::now();
     let (device, group) = Run::connect(cfg)?;
+    // Rank 0 owns the run directory; the other ranks never write it.
+    let _owner = match group.as_ref().map_or(0, |g| g.rank()) {
+        0 => Some(DirLock::acquire(&opts.run.root)?),
+        _ => None,
+    };
     let mut run = Run::open(cfg, opts, device, group, started)?;
     let ending = run.train()?;
     run.finish(ending)
@@ -230,7 +237,7 @@ impl<'a> Run<'a> {
 
     /// Writes config.toml and opens metrics.jsonl for appending.
     fn open_outputs(run: &RunDir, config_text: &str) -> Result<File> {
-        checkpoint::write_atomically(&run.config(), config_text.as_bytes())?;
+        write_atomically(&run.config(), config_text.as_bytes())?;
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -339,8 +346,14 @@ impl<'a> Run<'a> {
             skipped_steps: self.skipped,
         };
         if let Some(metrics) = self.metrics.as_mut() {
-            let json = serde_json::to_string(&line).unwrap_or_default();
-            writeln!(metrics, "{json}").map_err(|e| Error::io(self.opts.run.metrics(), e))?;
+            let json = serde_json::to_string(&line).unwrap_or_default() + "\n";
+            let path = self.opts.run.metrics();
+            let end = metrics.metadata().map_err(|e| Error::io(&path, e))?.len();
+            if let Err(e) = metrics.write_all(json.as_bytes()) {
+                // No torn line left behind where the disk ran out.
+                let _ = metrics.set_len(end);
+                return Err(Error::io(path, e));
+            }
         }
         if self.bar.is_hidden() && !self.opts.quiet && self.main {
             eprintln!(
@@ -386,13 +399,9 @@ impl<'a> Run<'a> {
         };
         let last = run.last_checkpoint();
         self.trainer.save(&last, meta)?;
-        draw_loss_plot(run);
+        draw_loss_plot(run)?;
         if step.is_multiple_of(self.cfg.train.checkpoint_every) || step == total {
-            let numbered = run.numbered_checkpoint(step);
-            let _ = fs::remove_file(&numbered);
-            fs::hard_link(&last, &numbered)
-                .or_else(|_| fs::copy(&last, &numbered).map(|_| ()))
-                .map_err(|e| Error::io(&numbered, e))?;
+            copy_atomically(&last, &run.numbered_checkpoint(step))?;
         }
         Ok(())
     }
@@ -417,14 +426,14 @@ impl<'a> Run<'a> {
             if !diverged && self.saved_step != self.trainer.step {
                 self.save()?;
             } else {
-                draw_loss_plot(&self.opts.run);
+                draw_loss_plot(&self.opts.run)?;
             }
         }
         self.bar.finish_and_clear();
         let summary = self.summary(ending);
         if self.main {
             let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
-            checkpoint::write_atomically(&self.opts.run.summary(), json.as_bytes())?;
+            write_atomically(&self.opts.run.summary(), json.as_bytes())?;
         }
         if diverged {
             return Err(self.diverged());

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use tch::Device;
 
+use crate::files::write_atomically;
 use crate::method::PixPro;
-use crate::train::checkpoint::{self, Checkpoint};
+use crate::train::checkpoint::Checkpoint;
 use crate::train::config::Config;
 use crate::{Error, Result};
 
@@ -91,7 +92,7 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     };
     let kept: String = text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect();
     if kept.len() != text.len() {
-        checkpoint::write_atomically(path, kept.as_bytes())?;
+        write_atomically(path, kept.as_bytes())?;
     }
     Ok(())
 }
@@ -108,9 +109,16 @@ pub fn load_pixpro(path: &Path, device: Device) -> Result<(Config, PixPro)> {
 }
 
 /// Redraws `plots/loss.png` from `metrics.jsonl`. A picture is a
-/// convenience: failing to draw it only warns.
-pub(super) fn draw_loss_plot(run: &RunDir) {
-    if let Err(e) = crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
-        tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
+/// convenience: failing to draw it only warns. Failing to write it stops
+/// the run, as for any file: the disk that refuses it would refuse the next
+/// checkpoint too.
+pub(super) fn draw_loss_plot(run: &RunDir) -> Result<()> {
+    match crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
+        Err(e @ Error::Io { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!("could not draw {}: {e}", run.loss_plot().display());
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::train::checkpoint::write_atomically;
+use crate::files::write_atomically;
 use crate::transfer::backbone::Weights;
 use crate::transfer::correspondence::{correspondence, CorrespondenceConfig};
 use crate::transfer::finetune::{finetune_into, FinetuneConfig};

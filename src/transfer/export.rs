@@ -3,12 +3,12 @@
 //! writes, and dense features of one image (`pixpro embed`) as safetensors.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, View};
 use tch::{Device, Kind, Tensor};
 
+use crate::files::write_atomically;
 use crate::{Error, Result};
 
 /// The Detectron2 name of a torchvision ResNet tensor, by the reference's
@@ -99,7 +99,7 @@ fn write_safetensors(
     let bytes = safetensors::serialize(tensors.iter(), Some(meta)).map_err(|e| {
         Error::Checkpoint { path: path.to_path_buf(), reason: format!("writing safetensors: {e}") }
     })?;
-    write_atomic(path, &bytes)
+    write_atomically(path, &bytes)
 }
 
 /// Writes a torchvision-named ResNet state as safetensors that
@@ -181,7 +181,7 @@ pub fn write_detectron2(path: impl AsRef<Path>, named: &[(String, Tensor)]) -> R
     p.bytes.push(0x88); // NEWTRUE
     p.bytes.push(b's');
     p.bytes.push(b'.'); // STOP
-    write_atomic(path, &p.bytes)
+    write_atomically(path, &p.bytes)
 }
 
 /// Writes dense features of one image, [C, H, W], as safetensors tensor
@@ -204,16 +204,6 @@ pub fn write_features(
         meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     all_meta.entry("format".into()).or_insert_with(|| "pt".into());
     write_safetensors(path, &tensors, all_meta)
-}
-
-/// Writes next to `path`, then renames, so a crash never leaves half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Just the pickle opcodes (protocol 2) that a dict of numpy arrays needs.

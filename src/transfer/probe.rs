@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::files::write_atomically;
 use crate::transfer::voc::{class_names, VocSample, VocSplit, IGNORE};
 use crate::{Error, Result};
 
@@ -199,7 +200,7 @@ pub(crate) fn write_json(
     let mut json = serde_json::to_value(result).map_err(|e| Error::data(path, e.to_string()))?;
     json["backbone"] = backbone;
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::data(path, e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    write_atomically(path, text.as_bytes())
 }
 
 /// confusion.png and `prediction-ID.png` overlays of `examples` (val images

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::plan::{Group, Plan};
 use super::results::JobResult;
+use crate::files::write_atomically;
 use crate::plots::{plot_bars, Bar, BarPanel};
-use crate::train::checkpoint::write_atomically;
 use crate::transfer::evaluate::Protocol;
 use crate::Result;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
-use crate::train::checkpoint::write_atomically;
+use crate::files::write_atomically;
 use crate::transfer::evaluate::{Evaluation, Protocol};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};

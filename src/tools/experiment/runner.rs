@@ -13,7 +13,8 @@ use super::report::{minutes, write_report};
 use super::results::{
     check_recorded, finished_ids, missing_protocols, read_results, write_results, JobResult,
 };
-use crate::{Error, Result};
+use crate::train::DirLock;
+use crate::Result;
 
 /// How a run of the grid goes.
 pub struct RunnerOptions {
@@ -76,9 +77,10 @@ impl Clock {
 /// current job (pretraining stops at the next step, with a checkpoint); a
 /// second one exits at once.
 pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
+    // Before the results are read: a second runner would record jobs twice.
+    let _owner = DirLock::acquire(&opts.out)?;
     let mut results = read_results(&opts.results)?;
     check_recorded(plan, &results, &opts.results)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     if plan.base.train.threads > 0 {
         tch::set_num_threads(plan.base.train.threads as i32);
     }

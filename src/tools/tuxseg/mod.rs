@@ -22,6 +22,7 @@ use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::train::lock::{DirLock, LOCK_FILE};
 use crate::{Error, Result};
 
 mod photos;
@@ -136,6 +137,9 @@ struct Scenes {
 /// Builds the data set into `opts.out` (see the module doc and data.md).
 pub fn build(opts: &TuxsegOptions) -> Result<TuxsegSummary> {
     check_options(opts)?;
+    // Two builds into one folder would interleave their scenes.
+    let _owner = DirLock::acquire(&opts.out)?;
+    check_empty(&opts.out)?;
     let sources = find_sources(opts)?;
     let work_side = opts.image_size * WORK_SIDES_PER_PHOTO;
     let pretrain_photos = photos::load_photos(&sources.pretrain_paths, work_side)?;
@@ -158,14 +162,18 @@ fn check_options(opts: &TuxsegOptions) -> Result<()> {
     if opts.train_images == 0 || opts.val_images == 0 {
         return Err(Error::config("train_images/val_images", "both splits need images"));
     }
-    // Refusing a used folder keeps stale files of an earlier, larger build out of the set.
-    if let Ok(mut entries) = fs::read_dir(&opts.out) {
-        if entries.next().is_some() {
-            return Err(Error::config(
-                "out",
-                format!("{} is not empty; remove it or choose another folder", opts.out.display()),
-            ));
-        }
+    Ok(())
+}
+
+/// Refusing a used folder keeps stale files of an earlier, larger build out
+/// of the set; the lock file is this build's own.
+fn check_empty(out: &Path) -> Result<()> {
+    let entries = fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    if entries.flatten().any(|e| e.file_name() != LOCK_FILE) {
+        return Err(Error::config(
+            "out",
+            format!("{} is not empty; remove it or choose another folder", out.display()),
+        ));
     }
     Ok(())
 }

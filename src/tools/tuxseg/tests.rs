@@ -313,3 +313,16 @@ fn refuses_a_non_empty_output_folder() {
     let err = build(&options(&inputs, tmp.path().to_path_buf(), 0)).unwrap_err();
     assert!(matches!(err, Error::Config { ref key, .. } if key == "out"), "{err}");
 }
+
+#[test]
+fn a_folder_another_build_holds_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = make_inputs(tmp.path());
+    let out = tmp.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let other = fs::File::create(out.join(crate::train::lock::LOCK_FILE)).unwrap();
+    other.try_lock().unwrap();
+    let err = build(&options(&inputs, out.clone(), 0)).unwrap_err();
+    assert!(matches!(err, Error::Busy { ref dir, .. } if *dir == out), "{err}");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+}
