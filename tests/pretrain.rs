@@ -186,3 +186,81 @@ fn doctor_names_the_libtorch_it_was_built_against() {
     assert!(text.contains("cpu bfloat16 units: "), "{text}");
     assert!(text.contains("cuda available: "), "{text}");
 }
+
+/// A safetensors file's tensors by name.
+fn file_tensors(path: impl AsRef<Path>) -> Vec<(String, tch::Tensor)> {
+    let mut v = tch::Tensor::read_safetensors(path.as_ref()).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn init_starts_both_encoders_from_given_weights_and_resume_ignores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = write_config(tmp.path(), "");
+    let (d, c) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (ok, err) = pixpro(&["pretrain", "--data", d, "--out", &path("a"), "--config", c]);
+    assert!(ok, "{err}");
+    let ckpt = path("a/checkpoints/last.safetensors");
+    let export = |from: &str, to: &str| {
+        let (ok, err) =
+            pixpro(&["export", "--checkpoint", from, "--format", "torchvision", "--out", to]);
+        assert!(ok, "{err}");
+    };
+    export(&ckpt, &path("a.safetensors"));
+
+    // Started from the export, no step taken: the same encoder comes back.
+    let b = ["pretrain", "--data", d, "--out", &path("b"), "--config", c];
+    let (ok, err) =
+        pixpro(&[&b[..], &["--init", &path("a.safetensors"), "--stop-at", "0"]].concat());
+    assert!(ok, "{err}");
+    export(&path("b/checkpoints/last.safetensors"), &path("b.safetensors"));
+    let (want, got) = (file_tensors(path("a.safetensors")), file_tensors(path("b.safetensors")));
+    assert_eq!(want.len(), got.len());
+    for ((nw, w), (ng, g)) in want.iter().zip(&got) {
+        assert_eq!(nw, ng);
+        assert!(w.equal(g), "{nw} differs");
+    }
+    // The target encoder too; the heads are fresh, not run a's.
+    let b_all = tensors(Path::new(&path("b/checkpoints/last.safetensors")));
+    let a_all = tensors(Path::new(&ckpt));
+    let get = |all: &[(String, tch::Tensor)], name: &str| {
+        all.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone()
+    };
+    let stem = "encoder.conv1.weight";
+    assert!(get(&b_all, &format!("target/{stem}")).equal(&get(&a_all, &format!("online/{stem}"))));
+    let head = "online/projector.linear1.weight";
+    assert!(!get(&b_all, head).equal(&get(&a_all, head)));
+    let record = std::fs::read_to_string(path("b/init.json")).unwrap();
+    assert!(record.contains("a.safetensors"), "{record}");
+
+    // Resuming continues from the run's own checkpoint, and says so.
+    let (ok, err) = pixpro(&[&b[..], &["--init", &path("nowhere.pth")]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("--init") && err.contains("ignored"), "{err}");
+
+    // Bad weights are named before anything trains.
+    let fresh = ["pretrain", "--data", d, "--out", &path("c"), "--config", c, "--init"];
+    let wide = tmp.path().join("r50.safetensors");
+    let r50 = pixpro::transfer::backbone::Backbone::random(
+        pixpro::model::resnet::Arch::ResNet50,
+        32,
+        0,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    pixpro::transfer::export::write_torchvision(&wide, &r50.named_tensors()).unwrap();
+    let (ok, err) = pixpro(&[&fresh[..], &[wide.to_str().unwrap()]].concat());
+    assert!(!ok && err.contains("r50.safetensors") && err.contains("resnet50"), "{err}");
+    std::fs::write(path("notes.pth"), "not weights").unwrap();
+    let (ok, err) = pixpro(&[&fresh[..], &[&path("notes.pth")]].concat());
+    assert!(!ok && err.contains("notes.pth"), "{err}");
+    let bytes = std::fs::read(path("a.safetensors")).unwrap();
+    std::fs::write(path("cut.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, err) = pixpro(&[&fresh[..], &[&path("cut.safetensors")]].concat());
+    assert!(!ok && err.contains("cut.safetensors"), "{err}");
+    assert!(!tmp.path().join("c/checkpoints/last.safetensors").exists());
+}

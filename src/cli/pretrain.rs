@@ -9,7 +9,8 @@ use pixpro::distributed::collective::Launch;
 use pixpro::method::Method;
 use pixpro::model::precision::Precision;
 use pixpro::train::config::{Config, Preset};
-use pixpro::train::{self, DirLock, RunDir, RunOptions};
+use pixpro::train::{self, DirLock, InitWeights, RunDir, RunOptions};
+use pixpro::transfer::backbone::Backbone;
 
 use super::args::{ConfigFile, DeviceArg, ImageFolder, Quiet, Workers};
 
@@ -51,6 +52,12 @@ pub(super) struct PretrainArgs {
     checkpoint_every: Option<u64>,
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Start both encoders (online and target) from these weights: a pixpro
+    /// checkpoint, torchvision/timm-named safetensors or .pth, a Detectron2
+    /// pickle, the reference PixPro's checkpoint. The heads start fresh.
+    /// Ignored when RUN resumes.
+    #[arg(long, value_name = "WEIGHTS")]
+    init: Option<PathBuf>,
     /// Continue RUN from its last checkpoint (also the default when RUN has one).
     #[arg(long)]
     resume: bool,
@@ -170,6 +177,22 @@ fn diff_keys(a: &str, b: &str) -> Vec<String> {
     keys
 }
 
+/// The encoder `--init` names, checked against the run's architecture
+/// before anything trains.
+fn init_weights(path: &std::path::Path, cfg: &Config) -> Result<InitWeights> {
+    let os = Some(cfg.model.output_stride);
+    let backbone = Backbone::from_file(path, os, tch::Device::Cpu)?;
+    if backbone.arch != cfg.model.arch {
+        bail!(
+            "--init {}: holds a {}, but this run trains a {} (model.arch); give weights of the              same depth or set --config's model.arch",
+            path.display(),
+            backbone.arch,
+            cfg.model.arch
+        );
+    }
+    Ok(InitWeights { tensors: backbone.named_tensors(), source: backbone.note.clone() })
+}
+
 /// The first words of a resumable command's last line: why it stopped
 /// early, and that the same command continues, or "finished".
 pub(super) fn outcome(stopped_by: &Option<String>) -> String {
@@ -208,10 +231,25 @@ pub(super) fn run(args: &PretrainArgs) -> Result<()> {
             if resuming { " (resuming)" } else { "" }
         );
     }
+    let init = match (&args.init, resuming) {
+        (Some(path), true) => {
+            if !quiet {
+                eprintln!(
+                    "--init {} ignored: {} continues from its own checkpoint",
+                    path.display(),
+                    run.root.display()
+                );
+            }
+            None
+        }
+        // The other ranks start from rank 0's weights, broadcast.
+        (Some(path), false) if rank0 => Some(init_weights(path, &cfg)?),
+        _ => None,
+    };
     let started = Instant::now();
     let summary = train::pretrain(
         &cfg,
-        &RunOptions { stop_at: args.stop_at, quiet, ..RunOptions::new(data.clone(), run) },
+        &RunOptions { stop_at: args.stop_at, quiet, init, ..RunOptions::new(data.clone(), run) },
     )?;
     if !quiet {
         let how = outcome(&summary.stopped_by);

@@ -142,6 +142,43 @@ impl PixPro {
         &self.encoder
     }
 
+    /// Starts both encoders, online and target, from `weights` (the
+    /// encoder's torchvision-named tensors, BatchNorm statistics included,
+    /// as a backbone read from any weight file gives them); the heads keep
+    /// their fresh initialisation. Every encoder tensor must be given, with
+    /// its shape.
+    pub fn init_encoders(&mut self, weights: &[(String, Tensor)]) -> Result<()> {
+        let given: std::collections::BTreeMap<&str, &Tensor> =
+            weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for store in [&self.online, &self.target] {
+            let mut copied = 0;
+            for (name, mut var) in store.variables() {
+                let Some(name) = name.strip_prefix("encoder.") else { continue };
+                let src = given.get(name).ok_or_else(|| {
+                    TchError::Kind(format!("initial weights lack encoder tensor `{name}`"))
+                })?;
+                if src.size() != var.size() {
+                    return Err(TchError::Shape(format!(
+                        "initial weights: `{name}` has shape {:?}, the encoder needs {:?}",
+                        src.size(),
+                        var.size()
+                    ))
+                    .into());
+                }
+                tch::no_grad(|| var.copy_(src));
+                copied += 1;
+            }
+            if copied != given.len() {
+                return Err(TchError::Kind(format!(
+                    "initial weights hold {} tensors, the encoder {copied}",
+                    given.len()
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// The online pixel projector; byol has none.
     pub fn projector(&self) -> Option<&ConvMlp> {
         self.pixel.as_ref().map(|p| &p.projector)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::data::loader::{BatchIter, Loader};
 use crate::distributed::collective::{Group, Launch};
@@ -34,6 +34,9 @@ use crate::{Error, Result};
 pub struct RunOptions {
     pub data: PathBuf,
     pub run: RunDir,
+    /// Weights to start a new run's encoders from (`--init`); a resumed run
+    /// continues from its own checkpoint instead.
+    pub init: Option<InitWeights>,
     /// Stop (with a checkpoint) once this many steps are done in total,
     /// before the configured end: for time-sliced machines and tests.
     pub stop_at: Option<u64>,
@@ -49,8 +52,23 @@ impl RunOptions {
     /// Trains the images under `data` into `run` to the configured end,
     /// with progress shown; set the other fields by struct update.
     pub fn new(data: impl Into<PathBuf>, run: RunDir) -> RunOptions {
-        RunOptions { data: data.into(), run, stop_at: None, quiet: false, nan_steps: Vec::new() }
+        RunOptions {
+            data: data.into(),
+            run,
+            init: None,
+            stop_at: None,
+            quiet: false,
+            nan_steps: Vec::new(),
+        }
     }
+}
+
+/// An encoder to start from, with where it came from for `init.json`.
+pub struct InitWeights {
+    /// The encoder's torchvision-named tensors.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The file, and what was read from it.
+    pub source: String,
 }
 
 /// Trains `cfg` on the images under `opts.data`, continuing from the run's
@@ -179,7 +197,11 @@ impl<'a> Run<'a> {
             }
             tracing::debug!("rank {} of {} on {device:?}", g.rank(), g.world_size());
         }
+        let fresh = !opts.run.can_resume();
         let mut skipped = if main { Run::resume(&mut trainer, &opts.run)? } else { 0 };
+        if let (true, true, Some(init)) = (main, fresh, &opts.init) {
+            Run::start_from(&mut trainer, &opts.run, init)?;
+        }
         trainer.sync_from_rank0(&mut skipped)?;
         let config_text = cfg.to_toml();
         let metrics = if main { Some(Run::open_outputs(&opts.run, &config_text)?) } else { None };
@@ -233,6 +255,22 @@ impl<'a> Run<'a> {
             trainer.total_steps
         );
         Ok(meta.skipped_steps)
+    }
+
+    /// Both encoders from `init`, recorded in `init.json`: a run's weights
+    /// are not its own from step 0 on, and whoever reads it later should
+    /// know from where.
+    fn start_from(trainer: &mut Trainer, run: &RunDir, init: &InitWeights) -> Result<()> {
+        trainer.model.init_encoders(&init.tensors)?;
+        let record = serde_json::json!({
+            "weights": init.source,
+            "tensors": init.tensors.len(),
+            "into": "online and target encoders; heads start fresh",
+        });
+        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+        write_atomically(&run.init_record(), text.as_bytes())?;
+        tracing::info!("both encoders start from {}", init.source);
+        Ok(())
     }
 
     /// Writes config.toml and opens metrics.jsonl for appending.
@@ -423,7 +461,10 @@ impl<'a> Run<'a> {
         let diverged = ending == Ending::Diverged;
         if self.main {
             // save() redraws the loss plot itself.
-            if !diverged && self.saved_step != self.trainer.step {
+            // A run stopped at step 0 (`--stop-at 0`) still leaves its
+            // starting point, e.g. to export what `--init` read.
+            let unsaved = self.saved_step != self.trainer.step || !self.opts.run.can_resume();
+            if !diverged && unsaved {
                 self.save()?;
             } else {
                 draw_loss_plot(&self.opts.run)?;

@@ -3,7 +3,8 @@
 //! A run directory holds `config.toml` (the full resolved config),
 //! `metrics.jsonl` (one JSON object per logged step), `checkpoints/`
 //! (`last.safetensors` plus numbered copies), `plots/loss.png` (redrawn at
-//! every checkpoint) and `summary.json` at the end.
+//! every checkpoint), `summary.json` at the end, and `init.json` when the
+//! encoders started from given weights (`--init`).
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,10 @@ impl RunDir {
     }
     pub fn loss_plot(&self) -> PathBuf {
         self.plots().join("loss.png")
+    }
+    /// Where `--init` weights came from, for a run that started from some.
+    pub fn init_record(&self) -> PathBuf {
+        self.root.join("init.json")
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
