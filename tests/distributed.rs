@@ -12,16 +12,24 @@ use pixpro::train::config::Config;
 /// per process, one libtorch thread, and the peak learning rate from the
 /// first step, so that the weights move visibly in 3 steps.
 fn config(dir: &Path, batch: usize, sync_bn: bool, steps: u64) -> PathBuf {
-    write_config(dir, batch, sync_bn, steps, 1)
+    write_config(dir, batch, sync_bn, steps, 1, 1000)
 }
 
 /// [`config`] with SyncBN on and `threads` libtorch threads.
 fn config_with_threads(dir: &Path, batch: usize, steps: u64, threads: usize) -> PathBuf {
-    write_config(dir, batch, true, steps, threads)
+    write_config(dir, batch, true, steps, threads, 1000)
 }
 
-fn write_config(dir: &Path, batch: usize, sync_bn: bool, steps: u64, threads: usize) -> PathBuf {
-    let path = dir.join(format!("config-{batch}-{sync_bn}-{steps}-{threads}.toml"));
+fn write_config(
+    dir: &Path,
+    batch: usize,
+    sync_bn: bool,
+    steps: u64,
+    threads: usize,
+    checkpoint_every: u64,
+) -> PathBuf {
+    let path =
+        dir.join(format!("config-{batch}-{sync_bn}-{steps}-{threads}-{checkpoint_every}.toml"));
     let mut cfg = Config::from_toml_str(TINY, &Config::default()).unwrap();
     cfg.optim.warmup_epochs = 0.0;
     cfg.optim.lr_per_256 = 4.0;
@@ -29,7 +37,7 @@ fn write_config(dir: &Path, batch: usize, sync_bn: bool, steps: u64, threads: us
     cfg.train.steps = steps;
     cfg.train.workers = 1;
     cfg.train.threads = threads;
-    cfg.train.checkpoint_every = 1000;
+    cfg.train.checkpoint_every = checkpoint_every;
     cfg.distributed.sync_bn = sync_bn;
     cfg.distributed.timeout_s = 30.0;
     std::fs::write(&path, cfg.to_toml()).unwrap();
@@ -232,4 +240,95 @@ fn a_rank_that_dies_makes_the_others_exit_with_an_error() {
     assert!(!status.success(), "rank 0 exited successfully after losing rank 1: {stderr}");
     assert!(stderr.contains("distributed run: rank 0 of 2"), "unclear error: {stderr}");
     eprintln!("rank 0 exited {:.1} s after rank 1 died", killed.elapsed().as_secs_f64());
+}
+
+/// The process that torchrun's agent `agent` started as rank `rank` of its
+/// `restart`-th group, found by its parent and its launch variables.
+fn torchrun_worker(agent: u32, rank: usize, restart: u64) -> Option<u32> {
+    let wanted = [format!("RANK={rank}"), format!("TORCHELASTIC_RESTART_COUNT={restart}")];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        // `pid (name) state ppid ...`, and the name may hold spaces.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |v: &String| vars.contains(&v.as_bytes());
+        (ppid == agent && wanted.iter().all(has)).then_some(pid)
+    })
+}
+
+#[test]
+fn torchrun_restarts_a_group_that_lost_a_rank_and_it_ends_as_if_never_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 32);
+    let cfg = write_config(tmp.path(), 8, true, 6, 1, 2);
+    let whole = tmp.path().join("whole");
+    two_ranks(&cfg, &data, &whole);
+
+    let run = tmp.path().join("restarted");
+    let log_path = tmp.path().join("torchrun.log");
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    let mut agent = Command::new(&torchrun)
+        .args(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["pretrain", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", torchrun.display()));
+    // Rank 1 dies once the group has written its step-2 checkpoint, at
+    // whatever point of step 3 or 4 it has reached by then.
+    let started = Instant::now();
+    while !run.join("checkpoints/step-0000002.safetensors").exists() {
+        assert!(started.elapsed() < Duration::from_secs(180), "no checkpoint at step 2");
+        assert!(agent.try_wait().unwrap().is_none(), "torchrun stopped before step 2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = torchrun_worker(agent.id(), 1, 0).expect("rank 1 of torchrun's first group");
+    let killed = Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    assert!(killed.success(), "could not kill rank 1 (pid {victim})");
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            agent.kill().unwrap();
+            panic!("torchrun still running after 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "the restarted group failed:\n{log}");
+    assert!(log.contains("torchrun's agent restarted the group (restart 1)"), "{log}");
+    let resumed_at = log
+        .lines()
+        .find_map(|l| l.split_once("resuming ")?.1.split_once(" at step ")?.1.split_once(" of 6"))
+        .and_then(|(step, _)| step.parse::<u64>().ok());
+    assert!(
+        resumed_at.is_some_and(|s| (2..6).contains(&s)),
+        "the restarted group should resume from a checkpoint before the end:\n{log}"
+    );
+    assert_eq!(logged_steps(&run), (1..=6).collect::<Vec<_>>(), "each step logged once");
+
+    let last = |run: &Path| run.join("checkpoints/last.safetensors");
+    let diffs = differences(&last(&run), &last(&whole));
+    // The same arithmetic in the same order as the run never killed: no
+    // rounding noise to allow for, only the 2-rank test's tolerances.
+    let no_noise = vec![(String::new(), 0.0); diffs.len()];
+    let beyond = beyond_rounding(&diffs, &no_noise);
+    assert!(
+        beyond.is_empty(),
+        "the restarted run differs from one never killed:\n{}",
+        beyond.join("\n")
+    );
+    eprintln!("largest difference from the run never killed: {:.2e}", worst(&diffs).0);
 }

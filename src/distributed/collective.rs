@@ -27,6 +27,7 @@ extern "C" {
         rank: c_int,
         world: c_int,
         is_server: c_int,
+        prefix: *const c_char,
         timeout_ms: i64,
         err: *mut *mut c_char,
     ) -> *mut c_void;
@@ -98,6 +99,9 @@ pub struct Launch {
     pub master_port: u16,
     /// torchrun's agent already hosts the store at the master address.
     pub agent_store: bool,
+    /// How many times torchrun's agent has restarted the group
+    /// (`TORCHELASTIC_RESTART_COUNT`, 0 without torchrun).
+    pub restart: u64,
 }
 
 /// torchrun's variables first, then Slurm's, then Open MPI's.
@@ -162,7 +166,29 @@ impl Launch {
             })?,
         };
         let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
-        Ok(Some(Launch { rank, world_size, local_rank, master_addr, master_port, agent_store }))
+        let restart = number("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64;
+        Ok(Some(Launch {
+            rank,
+            world_size,
+            local_rank,
+            master_addr,
+            master_port,
+            agent_store,
+            restart,
+        }))
+    }
+
+    /// Where this group's keys live in the store. torchrun's agent keeps one
+    /// store across restarts of the group, with every key the dead group
+    /// wrote still in it: without a prefix per restart, a restarted rank can
+    /// read the address a dead rank published and fail to connect to it
+    /// (PyTorch 2.11's own `init_process_group` does so too, some restarts,
+    /// not all). The count is each agent's own: the same on every rank of a
+    /// machine, and on every machine as long as each restart is a failure
+    /// all agents see, not a node joining an elastic `--nnodes MIN:MAX`
+    /// run (which restarts the group without counting).
+    fn store_prefix(&self) -> String {
+        format!("pixpro/restart-{}", self.restart)
     }
 }
 
@@ -225,6 +251,7 @@ impl Group {
         let addr = CString::new(launch.master_addr.clone())
             .map_err(|_| Error::distributed("MASTER_ADDR contains a NUL byte"))?;
         let is_server = launch.rank == 0 && !launch.agent_store;
+        let prefix = CString::new(launch.store_prefix()).expect("the prefix has no NUL");
         let mut err = std::ptr::null_mut();
         // SAFETY: valid C strings and an error out-pointer.
         let raw = unsafe {
@@ -235,6 +262,7 @@ impl Group {
                 launch.rank as c_int,
                 launch.world_size as c_int,
                 is_server as c_int,
+                prefix.as_ptr(),
                 timeout.as_millis().min(i64::MAX as u128) as i64,
                 &mut err,
             )
@@ -354,6 +382,7 @@ pub(crate) mod tests {
             ("MASTER_ADDR", "node0"),
             ("MASTER_PORT", "29555"),
             ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
         ])
         .unwrap()
         .unwrap();
@@ -366,6 +395,7 @@ pub(crate) mod tests {
                 master_addr: "node0".into(),
                 master_port: 29555,
                 agent_store: true,
+                restart: 2,
             }
         );
     }
@@ -382,6 +412,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!((l.rank, l.world_size, l.local_rank, l.master_port), (1, 2, 1, 29500));
         assert!(!l.agent_store);
+        assert_eq!(l.restart, 0);
         let l = launch(&[
             ("OMPI_COMM_WORLD_RANK", "0"),
             ("OMPI_COMM_WORLD_SIZE", "8"),
@@ -429,6 +460,7 @@ pub(crate) mod tests {
             master_addr: "127.0.0.1".into(),
             master_port: port,
             agent_store: false,
+            restart: 0,
         };
         Group::connect(&l, Engine::Auto, Device::Cpu, Duration::from_secs(30)).unwrap()
     }
