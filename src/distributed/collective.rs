@@ -450,12 +450,15 @@ pub(crate) mod tests {
         .contains("MASTER_PORT"));
     }
 
-    /// A process group of this process alone, on a free loopback port.
-    pub(crate) fn group_of_one() -> Group {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Rank `rank` of `world` on loopback `port`, over Gloo.
+    fn connect(rank: usize, world_size: usize, port: u16) -> Group {
         let l = Launch {
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size,
             local_rank: 0,
             master_addr: "127.0.0.1".into(),
             master_port: port,
@@ -463,6 +466,21 @@ pub(crate) mod tests {
             restart: 0,
         };
         Group::connect(&l, Engine::Auto, Device::Cpu, Duration::from_secs(30)).unwrap()
+    }
+
+    /// A process group of this process alone, on a free loopback port.
+    pub(crate) fn group_of_one() -> Group {
+        connect(0, 1, free_port())
+    }
+
+    /// The two ranks of a group in this process, for one thread each: what
+    /// two processes would do, with less to start.
+    pub(crate) fn two_rank_group() -> [Group; 2] {
+        let port = free_port();
+        std::thread::scope(|s| {
+            let rank1 = s.spawn(|| connect(1, 2, port));
+            [connect(0, 2, port), rank1.join().unwrap()]
+        })
     }
 
     #[test]
