@@ -183,10 +183,10 @@ impl Launch {
     /// wrote still in it: without a prefix per restart, a restarted rank can
     /// read the address a dead rank published and fail to connect to it
     /// (PyTorch 2.11's own `init_process_group` does so too, some restarts,
-    /// not all). The count is each agent's own: the same on every rank of a
-    /// machine, and on every machine as long as each restart is a failure
-    /// all agents see, not a node joining an elastic `--nnodes MIN:MAX`
-    /// run (which restarts the group without counting).
+    /// not all). The count is each agent's own, the same on every rank of a
+    /// machine; an agent that restarts its healthy ranks to rejoin another
+    /// machine's failed ones, or a machine joining later, does not count,
+    /// and that start can fail to meet (docs/distributed.md).
     fn store_prefix(&self) -> String {
         format!("pixpro/restart-{}", self.restart)
     }
