@@ -316,6 +316,8 @@ fn torchrun_restarts_a_group_that_lost_a_rank_and_it_ends_as_if_never_killed() {
         .arg(&cfg)
         .env_remove("RANK")
         .env_remove("WORLD_SIZE")
+        // The restart and the resume are checked in rank 0's info lines.
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
