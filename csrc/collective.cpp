@@ -103,9 +103,10 @@ int pixpro_nccl_compiled() {
 }
 
 // `backend` is "gloo" or "nccl". Rank 0 hosts the store unless `is_server`
-// is 0 (torchrun's agent hosts it).
+// is 0 (torchrun's agent hosts it). Every key goes under `prefix`, which
+// must differ between groups that may meet in the same store.
 void* pixpro_group_new(const char* backend, const char* addr, int port, int rank, int world,
-                       int is_server, int64_t timeout_ms, char** err) {
+                       int is_server, const char* prefix, int64_t timeout_ms, char** err) {
   try {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
@@ -115,7 +116,7 @@ void* pixpro_group_new(const char* backend, const char* addr, int port, int rank
     so.waitWorkers = true;
     so.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(addr), so);
-    auto store = c10::make_intrusive<c10d::PrefixStore>("pixpro", tcp);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
     auto* g = new Group();
     g->store = store;
     std::string name(backend);

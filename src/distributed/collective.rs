@@ -27,6 +27,7 @@ extern "C" {
         rank: c_int,
         world: c_int,
         is_server: c_int,
+        prefix: *const c_char,
         timeout_ms: i64,
         err: *mut *mut c_char,
     ) -> *mut c_void;
@@ -98,6 +99,9 @@ pub struct Launch {
     pub master_port: u16,
     /// torchrun's agent already hosts the store at the master address.
     pub agent_store: bool,
+    /// How many times torchrun's agent has restarted the group
+    /// (`TORCHELASTIC_RESTART_COUNT`, 0 without torchrun).
+    pub restart: u64,
 }
 
 /// torchrun's variables first, then Slurm's, then Open MPI's.
@@ -162,7 +166,29 @@ impl Launch {
             })?,
         };
         let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
-        Ok(Some(Launch { rank, world_size, local_rank, master_addr, master_port, agent_store }))
+        let restart = number("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64;
+        Ok(Some(Launch {
+            rank,
+            world_size,
+            local_rank,
+            master_addr,
+            master_port,
+            agent_store,
+            restart,
+        }))
+    }
+
+    /// Where this group's keys live in the store. torchrun's agent keeps one
+    /// store across restarts of the group, with every key the dead group
+    /// wrote still in it: without a prefix per restart, a restarted rank can
+    /// read the address a dead rank published and fail to connect to it
+    /// (PyTorch 2.11's own `init_process_group` does so too, some restarts,
+    /// not all). The count is each agent's own, the same on every rank of a
+    /// machine; an agent that restarts its healthy ranks to rejoin another
+    /// machine's failed ones, or a machine joining later, does not count,
+    /// and that start can fail to meet (docs/distributed.md).
+    fn store_prefix(&self) -> String {
+        format!("pixpro/restart-{}", self.restart)
     }
 }
 
@@ -225,6 +251,7 @@ impl Group {
         let addr = CString::new(launch.master_addr.clone())
             .map_err(|_| Error::distributed("MASTER_ADDR contains a NUL byte"))?;
         let is_server = launch.rank == 0 && !launch.agent_store;
+        let prefix = CString::new(launch.store_prefix()).expect("the prefix has no NUL");
         let mut err = std::ptr::null_mut();
         // SAFETY: valid C strings and an error out-pointer.
         let raw = unsafe {
@@ -235,6 +262,7 @@ impl Group {
                 launch.rank as c_int,
                 launch.world_size as c_int,
                 is_server as c_int,
+                prefix.as_ptr(),
                 timeout.as_millis().min(i64::MAX as u128) as i64,
                 &mut err,
             )
@@ -354,6 +382,7 @@ pub(crate) mod tests {
             ("MASTER_ADDR", "node0"),
             ("MASTER_PORT", "29555"),
             ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
         ])
         .unwrap()
         .unwrap();
@@ -366,6 +395,7 @@ pub(crate) mod tests {
                 master_addr: "node0".into(),
                 master_port: 29555,
                 agent_store: true,
+                restart: 2,
             }
         );
     }
@@ -382,6 +412,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!((l.rank, l.world_size, l.local_rank, l.master_port), (1, 2, 1, 29500));
         assert!(!l.agent_store);
+        assert_eq!(l.restart, 0);
         let l = launch(&[
             ("OMPI_COMM_WORLD_RANK", "0"),
             ("OMPI_COMM_WORLD_SIZE", "8"),
@@ -419,18 +450,37 @@ pub(crate) mod tests {
         .contains("MASTER_PORT"));
     }
 
-    /// A process group of this process alone, on a free loopback port.
-    pub(crate) fn group_of_one() -> Group {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Rank `rank` of `world` on loopback `port`, over Gloo.
+    fn connect(rank: usize, world_size: usize, port: u16) -> Group {
         let l = Launch {
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size,
             local_rank: 0,
             master_addr: "127.0.0.1".into(),
             master_port: port,
             agent_store: false,
+            restart: 0,
         };
         Group::connect(&l, Engine::Auto, Device::Cpu, Duration::from_secs(30)).unwrap()
+    }
+
+    /// A process group of this process alone, on a free loopback port.
+    pub(crate) fn group_of_one() -> Group {
+        connect(0, 1, free_port())
+    }
+
+    /// The two ranks of a group in this process, for one thread each: what
+    /// two processes would do, with less to start.
+    pub(crate) fn two_rank_group() -> [Group; 2] {
+        let port = free_port();
+        std::thread::scope(|s| {
+            let rank1 = s.spawn(|| connect(1, 2, port));
+            [connect(0, 2, port), rank1.join().unwrap()]
+        })
     }
 
     #[test]

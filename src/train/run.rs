@@ -158,6 +158,9 @@ impl<'a> Run<'a> {
         };
         let group = match &launch {
             Some(l) => {
+                if l.restart > 0 && l.rank == 0 {
+                    tracing::info!("torchrun's agent restarted the group (restart {})", l.restart);
+                }
                 let timeout = Duration::from_secs_f64(cfg.distributed.timeout_s);
                 Some(Arc::new(Group::connect(l, cfg.distributed.engine, device, timeout)?))
             }
