@@ -273,7 +273,8 @@ fn a_rank_that_dies_makes_the_others_exit_with_an_error() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(rank0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "rank 0 exited successfully after losing rank 1: {stderr}");
-    assert!(stderr.contains("distributed run: rank 0 of 2"), "unclear error: {stderr}");
+    assert!(stderr.contains("error: distributed run: rank 0 of 2"), "unclear error: {stderr}");
+    assert!(!stderr.contains("distributed run: distributed run"), "said twice: {stderr}");
     eprintln!("rank 0 exited {:.1} s after rank 1 died", killed.elapsed().as_secs_f64());
 }
 

@@ -89,7 +89,12 @@ pub fn batch_norm(x: &Tensor, bn: &BnState, group: &Group) -> Tensor {
         Ok(s) => s.view([world, width]),
         Err(e) => {
             if let Ok(mut f) = FAILURE.lock() {
-                f.get_or_insert(e.to_string());
+                // Kept as the reason alone: the caller makes it an
+                // `Error::Distributed` again, which says "distributed run".
+                f.get_or_insert(match e {
+                    crate::Error::Distributed(reason) => reason,
+                    other => other.to_string(),
+                });
             }
             own.view([1, width])
         }
