@@ -11,7 +11,7 @@ use pixpro::tools::experiment::{
 use pixpro::transfer::probe::ProbeConfig;
 
 mod common;
-use common::{make_images, tiny_voc, TINY};
+use common::{check_events, make_images, tiny_voc, TINY};
 
 /// A plan over a data folder `data` (relative to the plan) whose every job
 /// uses the tiny recipe; `extra` is appended as plan keys.
@@ -155,6 +155,10 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
     };
     let first = run(&Plan::load(&write_plan(dir.path(), "")).unwrap(), &opts).unwrap();
     assert_eq!(first.ran, 4);
+    let recorded = read_results(&out.join("results.json")).unwrap();
+    let job = recorded.iter().find(|r| r.id == "pixpro-s1").unwrap();
+    let said = check_events(&out.join("jobs/pixpro-s1"), &[("eval/probe", job.miou, 3)]);
+    assert!(said.contains("11 scalars at each of 3 steps and 1 scores"), "{said}");
     let checkpoint = out.join("jobs/pixpro-s1/checkpoints/last.safetensors");
     let stamp = mtime(&checkpoint);
 
@@ -173,6 +177,13 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
         assert_eq!(r.evaluations["correspondence"].score_name, "top-1 accuracy");
         let folder = out.join("jobs").join(&r.id).join("retrieval/eval.json");
         assert!(folder.is_file(), "{}", folder.display());
+        let scores = [
+            ("eval/probe", r.miou, r.steps),
+            ("eval/retrieval", e.score, r.steps),
+            ("eval/correspondence", r.evaluations["correspondence"].score, r.steps),
+        ];
+        let said = check_events(&out.join("jobs").join(&r.id), &scores);
+        assert!(said.contains(&format!("at each of {} steps and 3 scores", r.steps)), "{said}");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| probe mIoU | retrieval | correspondence | images/s |"), "{md}");

@@ -1,5 +1,6 @@
 //! End-to-end pretraining on tiny generated images: the run directory, exact
-//! resume, and the errors a user sees for bad input.
+//! resume, TensorBoard's view of a resumed run, and the errors a user sees
+//! for bad input.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -7,7 +8,7 @@ use pixpro::train::config::Config;
 use pixpro::train::pretrain;
 
 mod common;
-use common::{make_images, options, tensors, TINY};
+use common::{check_events, make_images, options, tensors, TINY};
 
 fn tiny_config() -> Config {
     Config::from_toml_str(TINY, &Config::default()).unwrap()
@@ -87,6 +88,32 @@ fn run_directory_has_config_metrics_and_checkpoints() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["finished"], true);
+}
+
+#[test]
+fn tensorboard_reads_every_logged_scalar_once_across_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let cfg = tiny_config();
+    let run = tmp.path().join("run");
+    pretrain(&cfg, &options(&data, &run, Some(4))).unwrap();
+    let said = check_events(&run, &[]);
+    assert!(said.contains("11 scalars at each of 4 steps"), "{said}");
+
+    // As if killed after logging step 4 but before its checkpoint: the
+    // resume starts from step 3 and logs step 4 again.
+    std::fs::remove_file(run.join("checkpoints/last.safetensors")).unwrap();
+    pretrain(&cfg, &options(&data, &run, None)).unwrap();
+    let said = check_events(&run, &[]);
+    assert!(said.contains("11 scalars at each of 6 steps"), "{said}");
+
+    // As if killed before the first checkpoint: the run starts over, and
+    // no step of the first try is left in metrics.jsonl or the events.
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    pretrain(&cfg, &options(&data, &run, Some(1))).unwrap();
+    let said = check_events(&run, &[]);
+    assert!(said.contains("11 scalars at each of 1 steps"), "{said}");
 }
 
 fn pixpro(args: &[&str]) -> (bool, String) {

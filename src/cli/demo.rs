@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
 use pixpro::train::config::{Config, Preset};
-use pixpro::train::{self, DirLock, RunDir, RunOptions};
+use pixpro::train::{self, events, DirLock, RunDir, RunOptions};
 use pixpro::transfer::backbone::Backbone;
 use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 
@@ -67,6 +67,11 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
         return Ok(());
     }
     let (r_ours, r_rand) = probe_both(args, &cfg, &data, &run)?;
+    // For TensorBoard: the pretrained score with its run, random init's
+    // (which has no run) with its probe, both under the same tag.
+    let probe = |miou: f64| [("eval/probe".to_string(), miou)];
+    events::write_scores(&run, summary.steps_done, &probe(r_ours.miou))?;
+    events::write_scores(&args.out.join("probe-random"), 0, &probe(r_rand.miou))?;
     print_probe("pixpro", &r_ours);
     print_probe("random init", &r_rand);
     println!(

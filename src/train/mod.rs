@@ -10,6 +10,8 @@
 //! - [`run`]: the loop, in phases: connect, open or resume, step, log,
 //!   checkpoint, finish.
 //! - [`report`]: metrics lines, the progress bar and the run's summary.
+//! - [`events`]: TensorBoard event files of the metrics and of evaluation
+//!   scores.
 //! - [`checkpoint`]: everything a bit-exact resume needs, in one safetensors
 //!   file.
 //! - [`run_dir`]: the files of a run, and reading them back.
@@ -22,6 +24,7 @@ pub mod machine;
 pub mod trainer;
 pub mod run;
 pub mod report;
+pub mod events;
 pub mod checkpoint;
 pub mod run_dir;
 pub mod lock;

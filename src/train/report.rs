@@ -29,6 +29,8 @@ pub struct RunSummary {
 #[derive(Serialize)]
 pub(super) struct MetricsLine {
     pub(super) step: u64,
+    /// Unix seconds when the line was written: TensorBoard's time axis.
+    pub(super) wall_time: f64,
     pub(super) epoch: u64,
     pub(super) loss: f64,
     pub(super) loss_avg: f64,

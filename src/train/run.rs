@@ -5,11 +5,11 @@
 //! `connect` (the device and the ranks of a launch), `open` and `resume`
 //! (the loader, the trainer, its newest checkpoint, the run's files), then
 //! per step `step` (one training step and its non-finite guard), `log`
-//! (metrics line, progress) and `checkpoint` (the periodic save), and at the
-//! end `finish` (final save, plot, summary).
+//! (metrics line and its TensorBoard event, progress) and `checkpoint` (the
+//! periodic save), and at the end `finish` (final save, plot, summary).
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::distributed::syncbn;
 use crate::files::{copy_atomically, write_atomically};
 use crate::train::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
 use crate::train::config::Config;
+use crate::train::events;
 use crate::train::lock::DirLock;
 use crate::train::machine::{interrupt_flag, open_sharded_loader, pick_device};
 use crate::train::report::{progress_bar, MetricsLine, RunSummary, Window};
@@ -96,8 +97,8 @@ struct Run<'a> {
     /// Only rank 0 writes: the run directory, the progress and the log lines.
     main: bool,
     world: usize,
-    /// metrics.jsonl, open for appending on rank 0.
-    metrics: Option<File>,
+    /// Open for appending on rank 0.
+    logs: Option<Logs>,
     bar: ProgressBar,
     _sync_bn: Option<syncbn::Installed>,
     trainer: Trainer,
@@ -119,6 +120,12 @@ struct Run<'a> {
     /// The steps since the last metrics line, and all of this process's.
     window: Window,
     totals: Window,
+}
+
+/// metrics.jsonl and the TensorBoard file that mirrors it.
+struct Logs {
+    metrics: File,
+    events: File,
 }
 
 /// Why the steps stopped.
@@ -207,7 +214,7 @@ impl<'a> Run<'a> {
         }
         trainer.sync_from_rank0(&mut skipped)?;
         let config_text = cfg.to_toml();
-        let metrics = if main { Some(Run::open_outputs(&opts.run, &config_text)?) } else { None };
+        let logs = if main { Some(Run::open_outputs(&opts.run, &config_text)?) } else { None };
         let stop_at = opts.stop_at.unwrap_or(trainer.total_steps).min(trainer.total_steps);
         let interrupted = interrupt_flag()?;
         let bar = progress_bar(opts.quiet || !main, trainer.step, stop_at);
@@ -218,7 +225,7 @@ impl<'a> Run<'a> {
             device,
             main,
             world,
-            metrics,
+            logs,
             bar,
             _sync_bn: sync_bn,
             saved_step: trainer.step,
@@ -244,20 +251,23 @@ impl<'a> Run<'a> {
         for dir in [run.checkpoints(), run.plots()] {
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        if !run.can_resume() {
-            return Ok(0);
-        }
-        let meta = restore_newest(trainer, run)?;
-        // A run killed after its last checkpoint logged steps that will
-        // now run again; drop their lines so each step appears once.
+        let skipped = if run.can_resume() {
+            let meta = restore_newest(trainer, run)?;
+            tracing::info!(
+                "resuming {} at step {} of {}",
+                run.root.display(),
+                trainer.step,
+                trainer.total_steps
+            );
+            meta.skipped_steps
+        } else {
+            0
+        };
+        // A run killed after its last checkpoint (or before its first)
+        // logged steps that will now run again; drop their lines so each
+        // step appears once.
         truncate_metrics(&run.metrics(), trainer.step)?;
-        tracing::info!(
-            "resuming {} at step {} of {}",
-            run.root.display(),
-            trainer.step,
-            trainer.total_steps
-        );
-        Ok(meta.skipped_steps)
+        Ok(skipped)
     }
 
     /// Both encoders from `init`, recorded in `init.json`: a run's weights
@@ -276,14 +286,15 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Writes config.toml and opens metrics.jsonl for appending.
-    fn open_outputs(run: &RunDir, config_text: &str) -> Result<File> {
+    /// Writes config.toml, rebuilds the TensorBoard file from the lines of
+    /// metrics.jsonl that resume kept, and opens both for appending.
+    fn open_outputs(run: &RunDir, config_text: &str) -> Result<Logs> {
         write_atomically(&run.config(), config_text.as_bytes())?;
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run.metrics())
-            .map_err(|e| Error::io(run.metrics(), e))
+        events::rebuild_from_metrics(&run.metrics(), &run.events())?;
+        let append = |path: PathBuf| {
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(path, e))
+        };
+        Ok(Logs { metrics: append(run.metrics())?, events: append(run.events())? })
     }
 
     /// Steps from where the trainer stands until `stop_at`, a streak of
@@ -368,12 +379,13 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The step's line of metrics.jsonl, and of stderr when there is no
-    /// progress bar to show it.
+    /// The step's line of metrics.jsonl and its event in the TensorBoard
+    /// file, and its line of stderr when there is no progress bar to show it.
     fn write_metrics_line(&mut self, s: &Stepped) -> Result<()> {
         let (step, stats) = (self.trainer.step, &s.stats);
         let line = MetricsLine {
             step,
+            wall_time: events::unix_seconds(),
             epoch: s.epoch,
             loss: stats.loss,
             loss_avg: self.window.mean_loss(),
@@ -386,14 +398,11 @@ impl<'a> Run<'a> {
             replaced_images: self.replaced,
             skipped_steps: self.skipped,
         };
-        if let Some(metrics) = self.metrics.as_mut() {
+        if let Some(logs) = self.logs.as_mut() {
             let json = serde_json::to_string(&line).unwrap_or_default() + "\n";
-            let path = self.opts.run.metrics();
-            let end = metrics.metadata().map_err(|e| Error::io(&path, e))?.len();
-            if let Err(e) = metrics.write_all(json.as_bytes()) {
-                // No torn line left behind where the disk ran out.
-                let _ = metrics.set_len(end);
-                return Err(Error::io(path, e));
+            append_whole(&mut logs.metrics, &self.opts.run.metrics(), json.as_bytes())?;
+            if let Some(record) = events::metrics_record(&json) {
+                append_whole(&mut logs.events, &self.opts.run.events(), &record)?;
             }
         }
         if self.bar.is_hidden() && !self.opts.quiet && self.main {
@@ -522,6 +531,17 @@ impl<'a> Run<'a> {
         };
         Error::Diverged { step: self.trainer.step, bad_steps: self.streak, kept }
     }
+}
+
+/// Appends `bytes` to `file` (at `path`) whole: no torn line or record is
+/// left behind where the disk ran out.
+fn append_whole(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
+    let end = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if let Err(e) = file.write_all(bytes) {
+        let _ = file.set_len(end);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
 }
 
 /// Restores `trainer` from the newest checkpoint of `run` that loads and fits,

@@ -1,10 +1,12 @@
 //! The files of one run and reading them back.
 //!
 //! A run directory holds `config.toml` (the full resolved config),
-//! `metrics.jsonl` (one JSON object per logged step), `checkpoints/`
-//! (`last.safetensors` plus numbered copies), `plots/loss.png` (redrawn at
-//! every checkpoint), `summary.json` at the end, and `init.json` when the
-//! encoders started from given weights (`--init`).
+//! `metrics.jsonl` (one JSON object per logged step),
+//! `events.out.tfevents.pretrain` (the same numbers for TensorBoard; see
+//! [`events`](super::events)), `checkpoints/` (`last.safetensors` plus
+//! numbered copies), `plots/loss.png` (redrawn at every checkpoint),
+//! `summary.json` at the end, and `init.json` when the encoders started
+//! from given weights (`--init`).
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use crate::files::write_atomically;
 use crate::method::PixPro;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::config::Config;
+use crate::train::events;
 use crate::{Error, Result};
 
 /// The files of one run.
@@ -30,6 +33,9 @@ impl RunDir {
     }
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
+    }
+    pub fn events(&self) -> PathBuf {
+        self.root.join(events::PRETRAIN)
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")

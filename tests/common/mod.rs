@@ -1,8 +1,9 @@
-//! Helpers shared by the end-to-end tests: a tiny recipe, generated images
-//! and checkpoint comparison.
+//! Helpers shared by the end-to-end tests: a tiny recipe, generated images,
+//! checkpoint comparison and reading event files with TensorBoard.
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::path::Path;
+use std::process::Command;
 
 use pixpro::train::checkpoint::Checkpoint;
 use pixpro::train::{RunDir, RunOptions};
@@ -101,4 +102,23 @@ pub fn tiny_voc(root: &Path) {
     }
     std::fs::write(root.join("ImageSets/Segmentation/train.txt"), lists.0).unwrap();
     std::fs::write(root.join("ImageSets/Segmentation/val.txt"), lists.1).unwrap();
+}
+
+/// Reads the TensorBoard event files of `dir` with the `tensorboard` Python
+/// package (tests/tensorboard_events.py) and checks that they hold every
+/// number of its metrics.jsonl at every logged step once, and each of
+/// `scores` (tag, value, step) once; what the script said.
+pub fn check_events(dir: &Path, scores: &[(&str, f64, u64)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let out = Command::new(&python)
+        .arg(root.join("tests/tensorboard_events.py"))
+        .arg(dir)
+        .args(scores.iter().map(|(tag, value, step)| format!("--score={tag}={value}@{step}")))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", python.display()));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "TensorBoard's reading of {}:\n{text}", dir.display());
+    text
 }

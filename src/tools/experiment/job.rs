@@ -1,7 +1,9 @@
 //! One job: pretraining (none for `random`) into the job's folder, then the
 //! probe of its backbone and the plan's other protocols, measured and
 //! stamped with where and from which code it ran; and the protocols a
-//! finished job lacks, run on its kept checkpoint.
+//! finished job lacks, run on its kept checkpoint. The job's folder is a
+//! TensorBoard run: its scores are written there beside the pretraining's
+//! scalars.
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +11,7 @@ use serde::Deserialize;
 
 use super::plan::{Job, Plan};
 use super::results::{missing_protocols, Hardware, JobResult};
-use crate::train::{self, RunDir, RunOptions};
+use crate::train::{self, events, RunDir, RunOptions};
 use crate::transfer::backbone::{Backbone, Weights};
 use crate::transfer::evaluate::{Evaluation, Evaluator, Protocol};
 use crate::transfer::probe::{probe_into, ProbeConfig};
@@ -127,7 +129,16 @@ pub(super) fn evaluate_missing(
     let clock = Instant::now();
     result.evaluations.extend(evaluate_all(plan, job, &dir, &missing, quiet)?);
     result.wall_s += clock.elapsed().as_secs_f64();
-    Ok(())
+    write_scores(result, &dir)
+}
+
+/// Every score of `result` for TensorBoard, `eval/probe` and `eval/PROTOCOL`
+/// at the job's pretraining steps, in `dir`, the file rewritten whole so
+/// that a score measured again replaces the old one.
+fn write_scores(result: &JobResult, dir: &Path) -> Result<()> {
+    let mut scores = vec![("eval/probe".to_string(), result.miou)];
+    scores.extend(result.evaluations.iter().map(|(name, e)| (format!("eval/{name}"), e.score)));
+    events::write_scores(dir, result.steps, &scores)
 }
 
 pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result<Outcome> {
@@ -154,7 +165,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
     drop(backbone);
     let evaluations = evaluate_all(plan, job, &dir, &plan.protocols, quiet)?.into_iter().collect();
-    Ok(Outcome::Done(Box::new(JobResult {
+    let result = JobResult {
         id: job.id.clone(),
         method: job.method.clone(),
         seed: job.seed,
@@ -176,5 +187,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         version: env!("CARGO_PKG_VERSION").to_string(),
         commit: git_commit(),
         evaluations,
-    })))
+    };
+    write_scores(&result, &dir)?;
+    Ok(Outcome::Done(Box::new(result)))
 }
