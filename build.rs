@@ -1,7 +1,8 @@
 //! Link libtorch so that CUDA is found at run time, remember where it is, and
 //! compile the C++ parts against it: the collective engines of
-//! `src/collective.rs`, the CPU/CUDA autocast of `src/precision.rs` and the
-//! libtorch version `pixpro doctor` prints.
+//! `src/collective.rs`, the CPU/CUDA autocast of `src/precision.rs`, the
+//! `torch.save` files of `pixpro export` and the libtorch version `pixpro
+//! doctor` prints.
 //!
 //! Without `--no-as-needed` the linker drops `libtorch.so` (nothing references
 //! it directly) and with it `libtorch_cuda.so`, so `tch::Cuda::is_available()`
@@ -14,6 +15,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/collective.cpp");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/version.cpp");
+    println!("cargo:rerun-if-changed=csrc/torch_save.cpp");
     let lib_dir = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys names libtorch's lib folder in DEP_TCH_LIBTORCH_LIB"),
@@ -27,7 +29,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-ltorch");
 }
 
-/// `csrc/`: autocast, the version string, and libtorch's c10d process groups: Gloo always (its
+/// `csrc/`: autocast, the version string, `torch.save` files, and libtorch's c10d process groups: Gloo always (its
 /// headers come from Debian's libgloo-dev; the library is inside
 /// libtorch_cpu), NCCL when the CUDA and NCCL headers of the torch wheel's
 /// `nvidia` packages are there.
@@ -45,6 +47,7 @@ fn compile_csrc(root: &Path) {
         .file("csrc/collective.cpp")
         .file("csrc/autocast.cpp")
         .file("csrc/version.cpp")
+        .file("csrc/torch_save.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -14,11 +14,9 @@ With torchvision importable it also writes tests/fixtures/torchvision_{resnet18,
 resnet50}_keys.json: {state_dict key: shape} of torchvision's models, fc.* left
 out.
 
-Regenerate (from the repository root; torchvision is only needed for the key
-lists and is not part of .venv, so install it aside, without dependencies):
+Regenerate (from the repository root; scripts/setup puts torchvision in .venv):
 
-    .venv/bin/python -m pip install --no-deps --target /tmp/tv torchvision==0.26.0 pillow
-    PYTHONPATH=/tmp/tv .venv/bin/python scripts/make_parity_fixtures.py
+    .venv/bin/python scripts/make_parity_fixtures.py
 
 The output is deterministic (fixed seed); then run `cargo test --test parity`.
 """

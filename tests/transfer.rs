@@ -1,6 +1,7 @@
-//! Transfer end to end through the binary: export for torchvision and
-//! Detectron2 checked from Python, embed, probe (pretrained and random init)
-//! on a tiny VOC-layout folder, and the errors for bad checkpoints.
+//! Transfer end to end through the binary: every export format checked
+//! from Python (torchvision, timm, mmdet, Detectron2), embed, probe
+//! (pretrained and random init) on a tiny VOC-layout folder, and the errors
+//! for bad checkpoints.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,14 +64,27 @@ fn s(p: &Path) -> &str {
 fn exports_load_in_python_and_match_embed() {
     let tmp = tempfile::tempdir().unwrap();
     let (ckpt, data) = checkpoint(tmp.path());
-    let tv = tmp.path().join("r18.safetensors");
-    let d2 = tmp.path().join("r18.pkl");
+    let out = |name: &str| tmp.path().join(name);
+    let files = [
+        ("torchvision", out("r18.safetensors")),
+        ("pth", out("r18.pth")),
+        ("mmdet", out("r18-mmdet.pth")),
+        ("detectron2", out("r18.pkl")),
+    ];
+    for (format, file) in &files {
+        let (ok, _, err) =
+            pixpro(&["export", "--checkpoint", s(&ckpt), "--format", format, "--out", s(file)]);
+        assert!(ok, "{format}: {err}");
+        assert!(err.contains("output stride 32"), "{format}: {err}");
+    }
+    // timm's ResNet has torchvision's names: `--format timm` is the pth file.
+    let timm = out("r18-timm.pth");
     let (ok, _, err) =
-        pixpro(&["export", "--checkpoint", s(&ckpt), "--format", "torchvision", "--out", s(&tv)]);
+        pixpro(&["export", "--checkpoint", s(&ckpt), "--format", "timm", "--out", s(&timm)]);
     assert!(ok, "{err}");
-    let (ok, _, err) =
-        pixpro(&["export", "--checkpoint", s(&ckpt), "--format", "detectron2", "--out", s(&d2)]);
-    assert!(ok, "{err}");
+    for (a, b) in [(timm, out("r18.pth")), (out("r18-timm.pth.json"), out("r18.pth.json"))] {
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{}", a.display());
+    }
 
     let image = data.join("3.png");
     let feats = tmp.path().join("f.safetensors");
@@ -94,15 +108,22 @@ fn exports_load_in_python_and_match_embed() {
 
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_roundtrip.py");
-    let out = Command::new(&python)
-        .args([s(&script), "--arch", "resnet18", "--torchvision", s(&tv), "--detectron2", s(&d2)])
+    let mut cmd = Command::new(&python);
+    cmd.args([s(&script), "--arch", "resnet18", "--source", s(&ckpt)]);
+    for (format, file) in &files {
+        cmd.args([&format!("--{format}"), s(file)]);
+    }
+    let out = cmd
         .args(["--features", s(&feats), "--image", s(&image), "--rgb", s(&rgb_path)])
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", python.display()));
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "Python round trip failed:\n{text}");
-    assert!(text.contains("features equal the torchvision model's"), "{text}");
+    for model in ["torchvision", "timm"] {
+        assert!(text.contains(&format!("features equal the {model} model's")), "{text}");
+    }
+    assert!(text.contains("names and shapes those of mmdet's ResNet"), "{text}");
 
     let dir_out = tmp.path().join("feats");
     let (ok, _, err) = pixpro(&[

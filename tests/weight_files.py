@@ -3,10 +3,8 @@
     python tests/weight_files.py OUT_DIR [--arch resnet18] [--seed 0]
     python tests/weight_files.py OUT_DIR --torchvision-init-only [--zero-init-residual]
 
-A torchvision-named ResNet (torchvision's own if importable, else the
-same-named module tree of export_roundtrip.py) with every tensor set to
-seeded random values, so that a wrong key map or a transposed copy cannot
-pass, saved as:
+Torchvision's ResNet without `fc`, every tensor set to seeded random values
+so that a wrong key map or a transposed copy cannot pass, saved as:
 
 - expected.safetensors: the state dict itself, the truth to compare with;
 - zip.pth: `torch.save` (zip format) of `{"state_dict": {"module." + k: v}}`;
@@ -40,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from export_roundtrip import build_model, detectron2_name  # noqa: E402
+from export_roundtrip import detectron2_name, torchvision_model  # noqa: E402
 
 
 def torchvision_init(model, zero_init_residual):
@@ -67,7 +65,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = build_model(args.arch)
+    model = torchvision_model(args.arch)
     if args.torchvision_init_only:
         torchvision_init(model, args.zero_init_residual)
         torch.save(model.state_dict(), os.path.join(args.out, "init.pth"))

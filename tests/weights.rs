@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use pixpro::model::resnet::Arch;
 use pixpro::transfer::backbone::{Backbone, Weights};
-use pixpro::transfer::export::write_detectron2;
+use pixpro::transfer::export::{write_detectron2, write_mmdet, write_pth, ExportInfo};
 use pixpro::transfer::weights::read_state_dict;
 use tch::{Device, Kind, Tensor};
 
@@ -81,15 +81,29 @@ fn torch_save_files_load_exactly() {
 }
 
 #[test]
-fn stride_and_our_detectron2_export_round_trip() {
+fn stride_and_our_exports_round_trip() {
     let b = Weights::File(fixtures().join("zip.pth")).load(Some(16), Device::Cpu).unwrap();
     assert_eq!(b.output_stride, 16);
     let dir = tempfile::tempdir().unwrap();
     let d2 = dir.path().join("ours.pkl");
-    write_detectron2(&d2, &b.named_tensors()).unwrap();
+    let info = ExportInfo::of(&b);
+    write_detectron2(&d2, &b.named_tensors(), &info).unwrap();
     let back = Backbone::from_file(&d2, None, Device::Cpu).unwrap();
     assert_same(&back, &expected(), false, "our Detectron2 export");
     assert!(back.note.contains("Detectron2 names"), "{}", back.note);
+    let pth = dir.path().join("ours.pth");
+    write_pth(&pth, &b.named_tensors(), &info).unwrap();
+    let mmdet = dir.path().join("ours-mmdet.pth");
+    write_mmdet(&mmdet, &b.named_tensors(), &info).unwrap();
+    for (path, prefix) in [(&pth, "no prefix"), (&mmdet, "prefix `state_dict.`")] {
+        let back = Backbone::from_file(path, None, Device::Cpu).unwrap();
+        assert_same(&back, &expected(), true, &path.display().to_string());
+        assert!(
+            back.note.contains("torch.save (zip)") && back.note.contains(prefix),
+            "{}",
+            back.note
+        );
+    }
 }
 
 fn error_of(path: &Path) -> String {

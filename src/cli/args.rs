@@ -86,9 +86,9 @@ pub(super) struct BackboneSource {
     #[arg(long, group = "backbone")]
     checkpoint: Option<PathBuf>,
     /// ResNet-18/34/50 weights: torchvision-named safetensors (`export --format torchvision`),
-    /// a torch.save .pth/.pt (a state dict, maybe under `state_dict` or `model`, maybe with
-    /// prefixes such as `module.`, `encoder.`, `backbone.`; the reference PixPro's checkpoints),
-    /// or a Detectron2 .pkl.
+    /// a torch.save .pth/.pt (`export --format pth` or `mmdet`; any state dict, maybe under
+    /// `state_dict` or `model`, maybe with prefixes such as `module.`, `encoder.`, `backbone.`;
+    /// the reference PixPro's checkpoints), or a Detectron2 .pkl.
     #[arg(long, group = "backbone")]
     weights: Option<PathBuf>,
     /// A randomly initialised backbone (the baseline).

@@ -77,9 +77,11 @@ enum Command {
         pixpro embed --checkpoint CKPT --image photo.jpg --out photo.safetensors\n  \
         pixpro embed --checkpoint CKPT --image ~/photos --out ~/photo-features")]
     Embed(embed::EmbedArgs),
-    /// Export the pretrained encoder for torchvision or Detectron2.
+    /// Export the pretrained encoder for torchvision, timm, mmdet/mmseg or Detectron2.
     #[command(after_help = "Examples:\n  \
         pixpro export --checkpoint CKPT --format torchvision --out resnet.safetensors\n  \
+        pixpro export --checkpoint CKPT --format pth --out resnet.pth\n  \
+        pixpro export --checkpoint CKPT --format mmdet --out resnet-mmdet.pth\n  \
         pixpro export --checkpoint CKPT --format detectron2 --out pixpro_d2.pkl")]
     Export(export::ExportArgs),
     /// The whole loop on real photos: build TuxSeg, pretrain (cpu preset), probe against random init.
