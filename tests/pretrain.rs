@@ -279,7 +279,8 @@ fn init_starts_both_encoders_from_given_weights_and_resume_ignores_it() {
         tch::Device::Cpu,
     )
     .unwrap();
-    pixpro::transfer::export::write_torchvision(&wide, &r50.named_tensors()).unwrap();
+    let info = pixpro::transfer::export::ExportInfo::of(&r50);
+    pixpro::transfer::export::write_torchvision(&wide, &r50.named_tensors(), &info).unwrap();
     let (ok, err) = pixpro(&[&fresh[..], &[wide.to_str().unwrap()]].concat());
     assert!(!ok && err.contains("r50.safetensors") && err.contains("resnet50"), "{err}");
     std::fs::write(path("notes.pth"), "not weights").unwrap();
