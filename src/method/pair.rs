@@ -309,8 +309,14 @@ mod tests {
     #[test]
     fn bf16_loss_and_gradients_are_float32_and_near_fp32() {
         let b = batch();
-        let grads = |precision: Precision| {
-            let mut m = small(1);
+        // One model for both: building a second from the same seed would
+        // draw from libtorch's global generator, which tests running in
+        // parallel draw from too.
+        let mut m = small(1);
+        let mut grads = |precision: Precision| {
+            for (_, t) in m.online.variables() {
+                t.shallow_clone().zero_grad();
+            }
             m.precision = precision;
             let out = m.forward_loss(&b.0, &b.1, &b.2, &b.3).unwrap();
             assert_eq!(out.loss.kind(), Kind::Float);

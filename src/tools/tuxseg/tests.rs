@@ -271,7 +271,8 @@ fn files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .sort_by_file_name()
         .into_iter()
         .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
+        // The lock says when its build ran, to the second.
+        .filter(|e| e.file_type().is_file() && e.file_name() != crate::train::lock::LOCK_FILE)
         .map(|e| (e.path().strip_prefix(root).unwrap().to_path_buf(), fs::read(e.path()).unwrap()))
         .collect()
 }
