@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
 """Writes the golden fixtures that tests/parity.rs and src/model/resnet.rs compare against.
 
-Written from docs/pixpro-spec.md sections 2-4 (not from the reference code):
-the positive mask, the per-pixel projector, the PPM and the consistency loss in
-plain PyTorch float64, for a tiny fixed setup: B=2 images, two views each given
+The positive mask, the per-pixel projector, the PPM and the consistency loss
+in PyTorch float64, for a tiny fixed setup: B=2 images, two views each given
 directly as 8-channel 4x4 feature maps (the encoder is left out), projector
 8 -> 16 -> 8, PPM with gamma 2 and one transform layer, T = 0.7, view 2 of
 image 1 flipped. It stores inputs, weights, mask, total loss and the gradients
 of the loss w.r.t. every online projector and PPM parameter in
 tests/fixtures/parity.safetensors (float64; the coordinates float32).
+
+The loss and the gradients are the reference's own: with `--ref DIR` (a
+checkout of zdaxie/PixPro at e390d6b) they are computed by its modules,
+imported from the checkout: `MLP2d` as the projectors, its `conv1x1` as the
+PPM's transform, `PixPro.featprop` and `regression_loss` (which applies its
+own positive mask), so that the fixture and pixpro cannot share one
+misreading of the paper. The same quantities written from
+docs/pixpro-spec.md sections 2-4 in plain PyTorch are computed beside them
+and the largest difference printed; without `--ref` the spec's are written.
+The mask is the spec's either way (the reference's loss keeps its own
+inside): a mask that differed from the reference's would move the loss.
 
 With torchvision importable it also writes tests/fixtures/torchvision_{resnet18,
 resnet50}_keys.json: {state_dict key: shape} of torchvision's models, fc.* left
@@ -16,13 +26,17 @@ out.
 
 Regenerate (from the repository root; scripts/setup puts torchvision in .venv):
 
-    .venv/bin/python scripts/make_parity_fixtures.py
+    .venv/bin/python scripts/make_parity_fixtures.py --ref ~/src/PixPro
 
 The output is deterministic (fixed seed); then run `cargo test --test parity`.
 """
+import argparse
+import importlib
 import json
 import math
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +106,41 @@ def projector_params(g):
     }
 
 
-def parity():
+def reference_loss(ref, feat1, feat2, coords1, coords2, online, target):
+    """The loss of the reference's PixPro.forward after its encoders, with
+    the reference's modules holding `online` and `target`'s values; the
+    loss and {online name: its module parameter}."""
+    sys.path.insert(0, str(Path(ref).resolve()))
+    pixpro = importlib.import_module("contrast.models.PixPro")
+
+    def mlp(params, prefix):
+        m = pixpro.MLP2d(C, HIDDEN, DIM).double()
+        with torch.no_grad():
+            for name, t in m.named_parameters():
+                t.copy_(params[prefix + name])
+        return m
+
+    projector_q, projector_k = mlp(online, "projector."), mlp(target, "projector.")
+    transform = pixpro.conv1x1(DIM, DIM).double()
+    with torch.no_grad():
+        transform.weight.copy_(online["ppm.transform.weight"])
+        transform.bias.copy_(online["ppm.transform.bias"])
+    # featprop reads these three attributes of the model and nothing else.
+    model = SimpleNamespace(value_transform=transform, pixpro_clamp_value=0.0, pixpro_p=GAMMA)
+    pred_1 = F.normalize(pixpro.PixPro.featprop(model, projector_q(feat1)), dim=1)
+    pred_2 = F.normalize(pixpro.PixPro.featprop(model, projector_q(feat2)), dim=1)
+    with torch.no_grad():
+        proj_1_ng = F.normalize(projector_k(feat1), dim=1)
+        proj_2_ng = F.normalize(projector_k(feat2), dim=1)
+    loss = pixpro.regression_loss(pred_1, proj_2_ng, coords1, coords2, T) + pixpro.regression_loss(
+        pred_2, proj_1_ng, coords2, coords1, T
+    )
+    params = {f"projector.{k}": v for k, v in projector_q.named_parameters()}
+    params.update({f"ppm.transform.{k}": v for k, v in transform.named_parameters()})
+    return loss, params
+
+
+def parity(ref):
     g = torch.Generator().manual_seed(20210)
     feat1 = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
     feat2 = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
@@ -118,6 +166,19 @@ def parity():
         z2 = projector(feat2, sub(target, "projector."))
     loss = consistency(p1, z2, mask12) + consistency(p2, z1, mask12.transpose(1, 2))
     loss.backward()
+    grads = {k: v.grad for k, v in online.items()}
+    source = "docs/pixpro-spec.md"
+    if ref is not None:
+        spec_loss, spec_grads = loss, grads
+        loss, params = reference_loss(ref, feat1, feat2, coords1.double(), coords2.double(),
+                                      {k: v.detach() for k, v in online.items()}, target)
+        loss.backward()
+        grads = {k: params[k].grad for k in online}
+        print(f"reference against spec: loss {abs(loss - spec_loss).item():.2e}")
+        for k in online:
+            print(f"  grad.{k}: largest difference {(grads[k] - spec_grads[k]).abs().max().item():.2e}"
+                  f" (largest value {grads[k].abs().max().item():.2e})")
+        source = "the reference's modules (contrast/models/PixPro.py of a zdaxie/PixPro checkout)"
 
     out = {
         "input.feat1": feat1,
@@ -129,10 +190,10 @@ def parity():
     }
     out.update({f"online.{k}": v.detach() for k, v in online.items()})
     out.update({f"target.{k}": v for k, v in target.items()})
-    out.update({f"grad.{k}": v.grad for k, v in online.items()})
+    out.update({f"grad.{k}": v for k, v in grads.items()})
     path = FIXTURES / "parity.safetensors"
-    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
-    print(f"{path}: loss {loss.item():.6f}, positives per image {mask12.sum((1, 2)).tolist()}")
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path), metadata={"loss_and_gradients": source})
+    print(f"{path}: loss {loss.item():.6f} from {source}, positives per image {mask12.sum((1, 2)).tolist()}")
 
 
 def torchvision_keys():
@@ -150,6 +211,9 @@ def torchvision_keys():
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ref", help="checkout of zdaxie/PixPro: loss and gradients from its modules")
+    a = ap.parse_args()
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    parity()
+    parity(a.ref)
     torchvision_keys()

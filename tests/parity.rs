@@ -1,6 +1,8 @@
 //! Parity of matching, projector, PPM and loss (spec sections 2-4) with the
-//! PyTorch float64 computation in scripts/make_parity_fixtures.py: the loss
-//! and every online gradient agree to 1e-5 relative, the mask exactly.
+//! reference PixPro's own modules run in float64 by
+//! scripts/make_parity_fixtures.py --ref: the loss and every online
+//! gradient agree to 1e-5 relative, the mask exactly (with the spec's, from
+//! which the reference's loss may not stray).
 use std::collections::HashMap;
 
 use pixpro::model::heads::projector;
@@ -11,6 +13,12 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-5;
+/// A gradient whose largest value is below this fraction of the largest of
+/// all gradients is zero in exact arithmetic and holds rounding noise (the
+/// projector's first bias, which feeds a training-mode BatchNorm: about
+/// 5e-17, and the reference's float32 mask arithmetic moves it by as
+/// much): it is held to the scale of all the gradients instead of its own.
+const ZERO_GRADIENT: f64 = 1e-9;
 const BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
 
 fn fixtures() -> HashMap<String, Tensor> {
@@ -36,10 +44,13 @@ fn load(vs: &nn::VarStore, fx: &HashMap<String, Tensor>, prefix: &str) {
     }
 }
 
-/// max |ours - theirs| / max |theirs|.
-fn rel_err(ours: &Tensor, theirs: &Tensor) -> f64 {
-    let diff = (ours - theirs).abs().max().double_value(&[]);
-    diff / theirs.abs().max().double_value(&[]).max(1e-12)
+fn largest(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+/// max |ours - theirs| / max(max |theirs|, `floor`).
+fn rel_err(ours: &Tensor, theirs: &Tensor, floor: f64) -> f64 {
+    largest(&(ours - theirs)) / largest(theirs).max(floor).max(1e-300)
 }
 
 #[test]
@@ -69,11 +80,13 @@ fn loss_gradients_and_mask_match_pytorch() {
     let loss =
         consistency_loss(&p1, &z2, &mask) + consistency_loss(&p2, &z1, &mask.transpose(1, 2));
     assert_eq!(loss.kind(), Kind::Double);
-    let err = rel_err(&loss, &fx["loss"]);
+    let err = rel_err(&loss, &fx["loss"], 0.0);
     eprintln!("loss {:.9}: relative error {err:.2e}", loss.double_value(&[]));
     assert!(err <= TOLERANCE, "loss: relative error {err:e}");
     loss.backward();
 
+    let scale = fx.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, t)| largest(t));
+    let floor = ZERO_GRADIENT * scale.fold(0.0, f64::max);
     let mut checked = 0;
     for (name, t) in online.variables() {
         if !t.requires_grad() {
@@ -82,8 +95,9 @@ fn loss_gradients_and_mask_match_pytorch() {
         let want = &fx[&format!("grad.{name}")];
         let got = t.grad();
         assert!(got.defined(), "grad.{name}: no gradient");
-        let err = rel_err(&got, want);
-        eprintln!("grad.{name}: relative error {err:.2e}");
+        let err = rel_err(&got, want, floor);
+        let held = if largest(want) < floor { " (zero in exact arithmetic)" } else { "" };
+        eprintln!("grad.{name}: relative error {err:.2e}{held}");
         assert!(err <= TOLERANCE, "grad.{name}: relative error {err:e}");
         checked += 1;
     }
