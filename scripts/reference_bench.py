@@ -130,9 +130,10 @@ def fix_pil_loader():
     contrast.data.dataset.pil_loader = torchvision.datasets.folder.pil_loader
 
 
-def reference_options(a, data_dir):
+def reference_options(a, data_dir, flags=()):
     """The reference's own option parser, with the flags of its
-    tools/pixpro_base_r50_100ep.sh minus zip, amp and the 8-GPU batch."""
+    tools/pixpro_base_r50_100ep.sh minus zip, amp and the 8-GPU batch, then
+    `flags` (a later flag wins in argparse)."""
     from contrast.option import parse_option
 
     argv = [
@@ -159,6 +160,7 @@ def reference_options(a, data_dir):
         "--pixpro-transform-layer", "1",
         "--pixpro-ins-loss-weight", "0.",
         "--local_rank", "0",
+        *flags,
     ]
     saved, sys.argv = sys.argv, argv
     try:
@@ -187,9 +189,16 @@ def encoder_factory(a):
     return build
 
 
-def build(a, data_dir):
+def build(a, data_dir, flags=(), steps=None):
     """Model, LARS optimiser, scheduler and loader as the reference's
-    main_pretrain.build_model/main make them, on the CPU."""
+    main_pretrain.build_model/main make them, on the CPU; `flags` as in
+    reference_options. With `steps`, the learning-rate and momentum
+    schedules end after that many steps: the reference counts both in
+    epochs, so `--epochs` becomes `steps / len(loader)` (its formulas take a
+    fraction) and the momentum's horizon K is set to `steps` (the reference
+    computes K with `num_instances / batch_size` batches per epoch, half a
+    batch more than its loader gives when the batch does not divide the
+    data)."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -199,8 +208,10 @@ def build(a, data_dir):
     from contrast.lars import LARS, add_weight_decay
     from contrast.lr_scheduler import get_scheduler
 
-    args = reference_options(a, data_dir)
+    args = reference_options(a, data_dir, flags)
     loader = get_loader(args.aug, args, two_crop=True, prefix="train", return_coord=True)
+    if steps is not None:
+        args.epochs = steps / len(loader)
     # The reference converts in place and ignores the return value.
     torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda module, process_group=None: module)
     args.num_instances = len(loader.dataset)
@@ -210,6 +221,8 @@ def build(a, data_dir):
         in_dim = 512 if a.arch == "resnet18" else 2048
         pixpro_module.Proj_Head = functools.partial(pixpro_module.MLP2d, in_dim, a.proj_hidden, 256)
     model = models.__dict__[args.model](encoder_factory(a), args)
+    if steps is not None:
+        model.K = steps
     params = add_weight_decay(model, args.weight_decay)
     lr = args.batch_size * dist.get_world_size() / 256 * args.base_learning_rate
     optimizer = LARS(torch.optim.SGD(params, lr=lr, momentum=args.momentum))
@@ -350,10 +363,12 @@ def data_alone(a, data_dir):
     }
 
 
-def main():
-    a = parse_args()
-    if a.pixpro_malloc:
-        pixpro_malloc()
+@contextlib.contextmanager
+def reference_process(a):
+    """This process as one rank of the reference's training: its checkout on
+    the import path, the run-time fixes of the module doc, the seeds, the
+    one-rank process group; yields the data folder as the reference's
+    ImageFolder wants it (`DIR/train/images` linking to --data)."""
     ref = os.path.abspath(a.ref)
     if not os.path.isfile(os.path.join(ref, "contrast", "models", "PixPro.py")):
         sys.exit(f"{ref} is not a checkout of zdaxie/PixPro (no contrast/models/PixPro.py)")
@@ -374,12 +389,23 @@ def main():
         torch.cuda.set_device(0)
         torch.backends.cudnn.benchmark = True
     dist.init_process_group(backend="nccl" if a.device == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pixpro-ref-") as tmp:
+            os.makedirs(os.path.join(tmp, "train"))
+            os.symlink(os.path.abspath(a.data), os.path.join(tmp, "train", "images"))
+            yield tmp
+    finally:
+        dist.destroy_process_group()
 
-    with tempfile.TemporaryDirectory(prefix="pixpro-ref-") as tmp:
-        os.makedirs(os.path.join(tmp, "train"))
-        os.symlink(os.path.abspath(a.data), os.path.join(tmp, "train", "images"))
-        report = {"train": train, "networks": networks_alone, "data": data_alone}[a.mode](a, tmp)
-    dist.destroy_process_group()
+
+def main():
+    a = parse_args()
+    if a.pixpro_malloc:
+        pixpro_malloc()
+    with reference_process(a) as data_dir:
+        report = {"train": train, "networks": networks_alone, "data": data_alone}[a.mode](a, data_dir)
+    import torch
+
     report.update(
         implementation="reference",
         mode=a.mode,
