@@ -318,3 +318,77 @@ fn results_record_the_commit_the_runner_was_built_from_wherever_it_runs() {
         assert_ne!(recorded, git(dir.path(), &["rev-parse", "HEAD"]));
     }
 }
+
+#[test]
+fn weights_from_elsewhere_are_measured_beside_the_methods_and_paired_with_pixpro() {
+    use pixpro::model::resnet::Arch;
+    use pixpro::transfer::backbone::Backbone;
+    use pixpro::transfer::export::{write_torchvision, ExportInfo};
+    use pixpro::transfer::probe::probe_into;
+
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 10);
+    tiny_voc(&dir.path().join("data/voc"));
+    // Random weights of another seed than any job's: their scores are theirs.
+    let foreign = Backbone::random(Arch::ResNet18, 32, 7, tch::Device::Cpu).unwrap();
+    std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+    let file = dir.path().join("elsewhere/r18.safetensors");
+    write_torchvision(&file, &foreign.named_tensors(), &ExportInfo::of(&foreign)).unwrap();
+    // Their loss per step, as scripts/reference-train writes it.
+    let losses = [1.0, 0.75, 0.5].iter().enumerate();
+    let lines: String =
+        losses.map(|(i, l)| format!("{{\"step\": {}, \"loss\": {l}}}\n", i + 1)).collect();
+    std::fs::write(dir.path().join("elsewhere/loss.jsonl"), lines).unwrap();
+    let weights = |label: &str, file: &str| {
+        format!(
+            "[[weights]]\nlabel = \"{label}\"\nseed = 0\nfile = \"{file}\"\nsteps = 500\n\
+             losses = \"elsewhere/loss.jsonl\"\n\
+             [[weights]]\nlabel = \"{label}\"\nseed = 1\nfile = \"{file}\"\n\
+             losses = \"elsewhere/loss.jsonl\"\n"
+        )
+    };
+    let plan = Plan::load(&write_plan(dir.path(), &weights("other", "elsewhere/r18.safetensors")))
+        .unwrap();
+    let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["random-s0", "pixpro-s0", "random-s1", "pixpro-s1", "other-s0", "other-s1"]);
+    let out = dir.path().join("out");
+    let opts = RunnerOptions {
+        out: out.clone(),
+        results: out.join("results.json"),
+        max_jobs: None,
+        quiet: true,
+    };
+    assert_eq!(run(&plan, &opts).unwrap().ran, 6);
+    let results = read_results(&out.join("results.json")).unwrap();
+    let other = results.iter().find(|r| r.id == "other-s0").unwrap();
+    assert_eq!((other.method.as_str(), other.steps, other.images_per_sec), ("other", 500, None));
+    assert_eq!(results.iter().find(|r| r.id == "other-s1").unwrap().steps, 3);
+    // The probe ran on the file, at the plan's output stride (8 in TINY).
+    let direct = Backbone::from_file(&file, Some(8), tch::Device::Cpu).unwrap();
+    let probe = ProbeConfig { seed: 0, ..plan.probe.clone() };
+    let r =
+        probe_into(&direct, &dir.path().join("data/voc"), &dir.path().join("p"), &probe).unwrap();
+    assert_eq!(other.miou, r.miou);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| other |"), "{md}");
+    assert!(md.contains("| other − random | 2 |"), "{md}");
+    assert!(md.contains("| pixpro − other | 2 |"), "{md}");
+    // Both rows' losses: pixpro's from its runs, the other's from its file
+    // (TINY logs every step, so its windows are its steps).
+    let section = &md[md.find("## Pretraining loss").expect("a loss section")..];
+    assert!(section.contains("| other | 2 | 0.5000 ± 0.0000 |"), "{section}");
+    assert!(section.contains("| pixpro | 2 |") && !section.contains("| random"), "{section}");
+    assert!(out.join("loss.png").is_file());
+    assert_eq!(run(&plan, &opts).unwrap().ran, 0, "a finished grid runs nothing");
+
+    // A file that is not there is named, with the job, when the job runs.
+    let gone =
+        Plan::load(&write_plan(dir.path(), &weights("later", "elsewhere/none.pth"))).unwrap();
+    let e = run(&gone, &opts).unwrap_err().to_string();
+    assert!(e.contains("none.pth") && e.contains("job later-s0"), "{e}");
+    // A label must not pass for a method.
+    let e = Plan::load(&write_plan(dir.path(), &weights("byol", "elsewhere/r18.safetensors")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weights[0].label") && e.contains("method"), "{e}");
+}

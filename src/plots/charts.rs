@@ -1,5 +1,5 @@
-//! Charts: the training curves of a run's metrics and bar charts of
-//! experiment results.
+//! Charts: the training curves of a run's metrics, bar charts of
+//! experiment results and curves with seed bands of several runs.
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
@@ -70,17 +70,24 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 struct Series {
-    name: &'static str,
+    name: String,
     colour: Rgb<u8>,
     width: f32,
     points: Vec<(f64, f64)>,
+    /// (x, lo, hi), shaded under the line in a paler colour.
+    band: Vec<(f64, f64, f64)>,
 }
 
 /// One line chart in the box at (x, y) of size w x h: title top left, legend
 /// top right, y tick labels on the left, step ticks and "step" below.
 fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, series: &[Series]) {
     let (px0, px1, py0, py1) = (x + 80.0, x + w - 20.0, y + 30.0, y + h - 44.0);
-    let all = || series.iter().flat_map(|s| s.points.iter());
+    let all = || {
+        series.iter().flat_map(|s| {
+            let band = s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]);
+            s.points.iter().copied().chain(band)
+        })
+    };
     let (x_lo, x_hi) = padded_range(all().map(|p| p.0));
     // Steps are whole numbers: a single step still gets a range of 2.
     let (x_lo, x_hi) = if x_hi - x_lo < 2.0 {
@@ -120,6 +127,20 @@ fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, se
     text(img, px0, y + 6.0, TITLE_PX, BLACK, title);
 
     for s in series {
+        let pale = Rgb(s.colour.0.map(|c| (u16::from(c) + 3 * 255).div_euclid(4) as u8));
+        for pair in s.band.windows(2) {
+            let ((xa, loa, hia), (xb, lob, hib)) = (pair[0], pair[1]);
+            let (ca, cb) = (sx(xa), sx(xb));
+            let mut c = ca.ceil();
+            while c <= cb {
+                let t = if cb > ca { f64::from((c - ca) / (cb - ca)) } else { 0.0 };
+                let (lo, hi) = (loa + t * (lob - loa), hia + t * (hib - hia));
+                segment(img, (c, sy(lo)), (c, sy(hi)), pale, 1.0, None);
+                c += 1.0;
+            }
+        }
+    }
+    for s in series {
         for pair in s.points.windows(2) {
             let a = (sx(pair[0].0), sy(pair[0].1));
             let b = (sx(pair[1].0), sy(pair[1].1));
@@ -133,9 +154,9 @@ fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, se
     // Legend, right-aligned above the chart.
     let mut lx = px1;
     for s in series.iter().rev() {
-        lx -= text_width(LABEL_PX, s.name) + 30.0;
+        lx -= text_width(LABEL_PX, &s.name) + 30.0;
         segment(img, (lx, y + 15.0), (lx + 18.0, y + 15.0), s.colour, 3.0, None);
-        text(img, lx + 22.0, y + 8.0, LABEL_PX, BLACK, s.name);
+        text(img, lx + 22.0, y + 8.0, LABEL_PX, BLACK, &s.name);
     }
 }
 
@@ -149,28 +170,20 @@ pub fn plot_training(metrics_jsonl: &Path, out_png: &Path) -> Result<()> {
     let pts = |f: fn(&MetricsLine) -> Option<f64>| -> Vec<(f64, f64)> {
         rows.iter().filter_map(|r| f(r).map(|v| (r.step as f64, v))).collect()
     };
-    let mut loss = vec![Series {
-        name: "loss",
-        colour: Rgb([150, 190, 230]),
-        width: 1.0,
-        points: pts(|r| Some(r.loss)),
-    }];
+    let line = |name: &str, colour: [u8; 3], width: f32, points: Vec<(f64, f64)>| Series {
+        name: name.to_string(),
+        colour: Rgb(colour),
+        width,
+        points,
+        band: Vec::new(),
+    };
+    let mut loss = vec![line("loss", [150, 190, 230], 1.0, pts(|r| Some(r.loss)))];
     let avg = pts(|r| r.loss_avg);
     if !avg.is_empty() {
-        loss.push(Series { name: "loss_avg", colour: Rgb([20, 70, 160]), width: 2.0, points: avg });
+        loss.push(line("loss_avg", [20, 70, 160], 2.0, avg));
     }
-    let lr = [Series {
-        name: "lr",
-        colour: Rgb([200, 90, 20]),
-        width: 2.0,
-        points: pts(|r| Some(r.lr)),
-    }];
-    let momentum = [Series {
-        name: "momentum",
-        colour: Rgb([30, 140, 60]),
-        width: 2.0,
-        points: pts(|r| Some(r.momentum)),
-    }];
+    let lr = [line("lr", [200, 90, 20], 2.0, pts(|r| Some(r.lr)))];
+    let momentum = [line("momentum", [30, 140, 60], 2.0, pts(|r| Some(r.momentum)))];
 
     let (w, h) = (960u32, 900u32);
     let mut img = RgbImage::from_pixel(w, h, WHITE);
@@ -178,6 +191,36 @@ pub fn plot_training(metrics_jsonl: &Path, out_png: &Path) -> Result<()> {
     chart(&mut img, (0.0, 0.0, w as f32, panel), "loss", &loss);
     chart(&mut img, (0.0, panel, w as f32, panel), "learning rate", &lr);
     chart(&mut img, (0.0, 2.0 * panel, w as f32, panel), "momentum (target EMA tau)", &momentum);
+    save_png(&img, out_png)
+}
+
+/// One curve of [`plot_bands`]: per x, the mean and the band (lo, hi)
+/// drawn around it.
+pub struct Band {
+    pub label: String,
+    /// (x, mean, lo, hi), in x order.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// Curves over steps with shaded bands (the spread over seeds, say), one
+/// colour per [`Band`], in a 960 x 420 PNG; `title` above.
+pub fn plot_bands(title: &str, bands: &[Band], out_png: &Path) -> Result<()> {
+    const COLOURS: [[u8; 3]; 5] =
+        [[20, 70, 160], [200, 90, 20], [30, 140, 60], [150, 40, 150], [90, 90, 90]];
+    let series: Vec<Series> = bands
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Series {
+            name: b.label.clone(),
+            colour: Rgb(COLOURS[i % COLOURS.len()]),
+            width: 2.0,
+            points: b.points.iter().map(|&(x, m, _, _)| (x, m)).collect(),
+            band: b.points.iter().map(|&(x, _, lo, hi)| (x, lo, hi)).collect(),
+        })
+        .collect();
+    let (w, h) = (960u32, 420u32);
+    let mut img = RgbImage::from_pixel(w, h, WHITE);
+    chart(&mut img, (0.0, 0.0, w as f32, h as f32), title, &series);
     save_png(&img, out_png)
 }
 

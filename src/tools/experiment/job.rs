@@ -1,4 +1,4 @@
-//! One job: pretraining (none for `random`) into the job's folder, then the
+//! One job: pretraining (none for `random` and `[[weights]]`) into the job's folder, then the
 //! probe of its backbone and the plan's other protocols, measured and
 //! stamped with where and from which code it ran; and the protocols a
 //! finished job lacks, run on its kept checkpoint. The job's folder is a
@@ -69,11 +69,14 @@ pub(super) enum Outcome {
     Stopped(String),
 }
 
-/// The job's backbone: its kept checkpoint, or random init at the job's
-/// architecture and stride; with the stride to ask for.
+/// The job's backbone: its kept checkpoint, its `[[weights]]` file, or
+/// random init at the job's architecture and stride; with the stride to ask
+/// for.
 fn weights_of(job: &Job, dir: &Path) -> (Weights, Option<u32>) {
     let m = &job.config.model;
-    if job.method == "random" {
+    if let Some(w) = &job.weights {
+        (Weights::File(w.file.clone()), Some(m.output_stride))
+    } else if job.method == "random" {
         (Weights::Random { arch: m.arch, seed: job.seed }, Some(m.output_stride))
     } else {
         (Weights::Checkpoint(RunDir::new(dir).last_checkpoint()), None)
@@ -146,7 +149,21 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     let started_at = unix_now();
     let dir = out.join("jobs").join(&job.id);
     let device = train::pick_device(job.config.train.device)?;
-    let (backbone, images_per_sec, steps) = if job.method == "random" {
+    let (backbone, images_per_sec, steps) = if let Some(w) = &job.weights {
+        if !w.file.is_file() {
+            return Err(Error::data(
+                &w.file,
+                format!(
+                    "job {}'s weights are not there (`[[weights]]` of {}): make them first, or \
+                     fix its `file`, relative to the plan",
+                    job.id,
+                    plan.path.display()
+                ),
+            ));
+        }
+        let (weights, stride) = weights_of(job, &dir);
+        (weights.load(stride, device)?, None, w.steps)
+    } else if job.method == "random" {
         let m = &job.config.model;
         (Backbone::random(m.arch, m.output_stride, job.seed, device)?, None, 0)
     } else {

@@ -17,12 +17,15 @@
 //!   other protocols, measured; or the protocols a finished job lacks.
 //! - [`results`]: `results.json`, one record per finished job.
 //! - [`report`]: results.md and results.png, redrawn after every job.
+//! - [`losses`]: the Methods rows' pretraining losses side by side
+//!   (loss.png, and their final losses in results.md).
 //! - [`runner`]: the loop over the jobs not yet recorded, then over the
 //!   recorded ones a protocol of the plan has not measured yet.
 pub mod plan;
 pub mod job;
 pub mod results;
 pub mod report;
+pub mod losses;
 pub mod runner;
 
 pub use plan::{method_names, Group, Job, Plan, Row};

@@ -49,6 +49,9 @@ struct PlanFile {
     finetune: toml::Table,
     #[serde(default)]
     ablation: Vec<AblationFile>,
+    /// Backbones trained elsewhere, measured beside the methods.
+    #[serde(default)]
+    weights: Vec<WeightsFile>,
     #[serde(default)]
     overrides: toml::Table,
 }
@@ -65,6 +68,36 @@ struct AblationFile {
     seeds: Option<Vec<u64>>,
 }
 
+/// A `[[weights]]` entry: a weight file that `--weights` reads (the
+/// reference PixPro's checkpoint, torchvision's, a user's), measured with
+/// the plan's protocols as a row `label` of the Methods table, paired by
+/// `seed` with the methods' jobs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsFile {
+    label: String,
+    seed: u64,
+    /// Relative to the plan file.
+    file: PathBuf,
+    /// The pretraining steps behind the weights, for the tables and
+    /// TensorBoard [default: the plan's `steps`].
+    steps: Option<u64>,
+    /// Their pretraining loss, a JSON object with `step` and `loss` per
+    /// line and step (what scripts/reference-train writes as loss.jsonl),
+    /// relative to the plan file: drawn beside the methods' in loss.png.
+    losses: Option<PathBuf>,
+}
+
+/// What a `[[weights]]` job measures.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub file: PathBuf,
+    /// The pretraining steps behind them.
+    pub steps: u64,
+    /// Their loss per step, if given.
+    pub losses: Option<PathBuf>,
+}
+
 /// One pretrain + probe job of the grid.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -76,6 +109,9 @@ pub struct Job {
     /// The full pretraining config (unused for `random` but its backbone's
     /// architecture and output stride).
     pub config: Config,
+    /// A `[[weights]]` job's: measured, not trained, at the config's
+    /// output stride.
+    pub weights: Option<Measured>,
 }
 
 /// A table of the report: rows of jobs that differ only in their seed.
@@ -198,11 +234,12 @@ impl Plan {
         // plan's order within a seed): a grid stopped part-way has every
         // knob value at the first seeds, not one knob at every seed.
         grid.jobs[compared..].sort_by_key(|j| j.seed);
+        grid.add_weights(path, &file.weights, file.steps)?;
         if grid.jobs.is_empty() {
             return Err(plan_error(
                 path,
                 "methods",
-                "the plan has no jobs: name methods or ablations",
+                "the plan has no jobs: name methods, ablations or weights",
             ));
         }
         Ok(Plan {
@@ -350,6 +387,7 @@ impl Grid {
             seed,
             knobs,
             config,
+            weights: None,
         })
     }
 
@@ -376,6 +414,64 @@ impl Grid {
         }
         if !rows.is_empty() {
             self.groups.push(Group { title: "Methods".into(), row_name: "method".into(), rows });
+        }
+        Ok(())
+    }
+
+    /// The `[[weights]]` jobs, each `LABEL-sSEED`, as rows of the Methods
+    /// group (made if the plan names no methods).
+    fn add_weights(&mut self, path: &Path, entries: &[WeightsFile], steps: u64) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for (i, w) in entries.iter().enumerate() {
+            let at = format!("weights[{i}]");
+            let label_ok = !w.label.is_empty()
+                && w.label.chars().all(|c| c.is_ascii_alphanumeric() || "_+.".contains(c));
+            if !label_ok {
+                return Err(plan_error(
+                    path,
+                    &format!("{at}.label"),
+                    format!("`{}`: letters, digits, `_`, `+` and `.` only", w.label),
+                ));
+            }
+            if method_names().contains(&w.label.as_str()) {
+                return Err(plan_error(
+                    path,
+                    &format!("{at}.label"),
+                    format!("`{}` is a method's name; weights need a label of their own", w.label),
+                ));
+            }
+            let mut job = self.job("random", None, w.seed)?;
+            job.id = format!("{}-s{}", w.label, w.seed);
+            job.method = w.label.clone();
+            job.weights = Some(Measured {
+                file: dir.join(&w.file),
+                steps: w.steps.unwrap_or(steps),
+                losses: w.losses.as_ref().map(|l| dir.join(l)),
+            });
+            if self.jobs.iter().any(|j| j.id == job.id) {
+                return Err(plan_error(
+                    path,
+                    &format!("{at}.seed"),
+                    format!("`{}` with seed {} is given twice", w.label, w.seed),
+                ));
+            }
+            let id = self.add(job);
+            let methods = match self.groups.iter().position(|g| g.title == "Methods") {
+                Some(g) => g,
+                None => {
+                    let rows = Vec::new();
+                    self.groups.insert(
+                        0,
+                        Group { title: "Methods".into(), row_name: "method".into(), rows },
+                    );
+                    0
+                }
+            };
+            let rows = &mut self.groups[methods].rows;
+            match rows.iter_mut().find(|r| r.label == w.label) {
+                Some(row) => row.ids.push(id),
+                None => rows.push(Row { label: w.label.clone(), ids: vec![id] }),
+            }
         }
         Ok(())
     }

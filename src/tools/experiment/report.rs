@@ -5,7 +5,8 @@
 //! bars, a panel per group and protocol).
 use std::path::Path;
 
-use super::plan::{Group, Plan};
+use super::losses::loss_section;
+use super::plan::{Group, Plan, Row};
 use super::results::JobResult;
 use crate::files::write_atomically;
 use crate::plots::{plot_bars, Bar, BarPanel};
@@ -84,7 +85,8 @@ fn mean_pm(m: Option<f64>, sd: Option<f64>, sign: bool) -> String {
 }
 
 /// The Methods group's paired differences: each method against random
-/// init, and pixpro against byol, per protocol (mean ± std over seeds).
+/// init, pixpro against byol and against each `[[weights]]` row, per
+/// protocol (mean ± std over seeds).
 fn differences(plan: &Plan, group: &Group, results: &[JobResult]) -> String {
     let row = |label: &str| group.rows.iter().find(|r| r.label == label);
     let mut pairs: Vec<(String, &[String], &[String])> = Vec::new();
@@ -95,6 +97,15 @@ fn differences(plan: &Plan, group: &Group, results: &[JobResult]) -> String {
     }
     if let (Some(p), Some(b)) = (row("pixpro"), row("byol")) {
         pairs.push(("pixpro − byol".into(), &p.ids, &b.ids));
+    }
+    // Weights trained elsewhere (the reference, say) against pixpro's own.
+    let measured = |r: &&Row| {
+        r.ids.first().is_some_and(|id| plan.jobs.iter().any(|j| &j.id == id && j.weights.is_some()))
+    };
+    if let Some(p) = row("pixpro") {
+        for r in group.rows.iter().filter(measured) {
+            pairs.push((format!("pixpro − {}", r.label), &p.ids, &r.ids));
+        }
     }
     if pairs.is_empty() {
         return String::new();
@@ -251,9 +262,10 @@ fn chart(plan: &Plan, results: &[JobResult], out_png: &Path) -> Result<()> {
     plot_bars(&panels, out_png)
 }
 
-/// Writes results.md and results.png into `out`.
+/// Writes results.md, results.png and loss.png into `out`.
 pub(super) fn write_report(plan: &Plan, results: &[JobResult], out: &Path) -> Result<()> {
     let md = out.join("results.md");
-    write_atomically(&md, markdown(plan, results).as_bytes())?;
+    let text = markdown(plan, results) + &loss_section(plan, results, out)?;
+    write_atomically(&md, text.as_bytes())?;
     chart(plan, results, &out.join("results.png"))
 }

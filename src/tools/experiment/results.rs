@@ -109,7 +109,11 @@ pub(super) fn write_results(path: &Path, results: &[JobResult]) -> Result<()> {
 pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) -> Result<()> {
     for r in results {
         let Some(job) = plan.jobs.iter().find(|j| j.id == r.id) else { continue };
-        let steps = if job.method == "random" { 0 } else { plan.steps };
+        let steps = match &job.weights {
+            Some(w) => w.steps,
+            None if job.method == "random" => 0,
+            None => plan.steps,
+        };
         let probe = ProbeConfig { seed: r.seed, ..plan.probe.clone() };
         if r.steps != steps || r.probe != probe {
             return Err(Error::data(

@@ -38,8 +38,8 @@ pub struct RunReport {
     pub stopped_by: Option<String>,
 }
 
-/// Seconds spent and jobs run in this session, apart for probe-only
-/// (`random`) and pretraining jobs: the first take a minute, the second
+/// Seconds spent and jobs run in this session, apart for measure-only
+/// (`random`, `[[weights]]`) and pretraining jobs: the first take a minute, the second
 /// many, so one mean over both would mislead the ETA.
 #[derive(Default)]
 struct Clock {
@@ -48,7 +48,7 @@ struct Clock {
 }
 
 fn kind(job: &Job) -> usize {
-    usize::from(job.method != "random")
+    usize::from(job.method != "random" && job.weights.is_none())
 }
 
 impl Clock {
