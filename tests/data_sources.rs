@@ -221,6 +221,7 @@ fn pack_resumes_after_its_last_complete_shard() {
     // shard's lines, the shard is still a temporary file.
     let cut = tmp.path().join("cut");
     let s = pack(&pack_options(&images, &cut, 20_000)).unwrap();
+    assert!(s.shards >= 3, "{s:?}");
     let last = format!("shard-{:06}.tar", s.shards - 1);
     std::fs::rename(cut.join(&last), cut.join(format!("{last}.tmp"))).unwrap();
     let again = pack(&pack_options(&images, &cut, 20_000)).unwrap();
@@ -228,6 +229,10 @@ fn pack_resumes_after_its_last_complete_shard() {
     assert_eq!(files_of(&cut), want, "the same shards and index as one uninterrupted pack");
     // A finished pack is left as it is.
     assert_eq!(pack(&pack_options(&images, &cut, 20_000)).unwrap().kept_shards, s.shards);
+    assert_eq!(files_of(&cut), want);
+    // A shard removed from the middle is packed again with all after it.
+    std::fs::remove_file(cut.join("shard-000001.tar")).unwrap();
+    assert_eq!(pack(&pack_options(&images, &cut, 20_000)).unwrap().kept_shards, 1);
     assert_eq!(files_of(&cut), want);
 
     let msg = pack(&pack_options(&images, &cut, 10_000)).unwrap_err().to_string();

@@ -316,9 +316,9 @@ fn check_settings(out: &Path, settings: &Settings) -> Result<()> {
     }
 }
 
-/// The index lines of the shards in place, in order; the index is rewritten
-/// without the others (a shard that was never renamed into place, a line
-/// cut by a crash).
+/// The index lines of the shards in place, up to the first one that is
+/// not; the index is rewritten without the others (a shard that was never
+/// renamed into place, a line cut by a crash).
 fn kept_lines(out: &Path) -> Result<Vec<IndexLine>> {
     let path = out.join(INDEX);
     let file = match File::open(&path) {
@@ -342,11 +342,14 @@ fn kept_lines(out: &Path) -> Result<Vec<IndexLine>> {
             }
             Err(e) => return Err(Error::data(&path, format!("line {}: {e}", k + 1))),
         };
-        if out.join(&line.shard).is_file() {
-            kept.push(line);
-        } else {
+        // Lines are in shard order: from the first shard not in place on
+        // (never renamed, or removed since), everything is packed again, so
+        // the shards stay numbered without a gap.
+        if !out.join(&line.shard).is_file() {
             dropped = true;
+            break;
         }
+        kept.push(line);
     }
     if dropped {
         let mut text = String::new();
