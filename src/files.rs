@@ -3,8 +3,10 @@
 //! crash, a full disk, a quota or a file-size limit leaves the old file or
 //! the complete new one, never half of one under the final name. A failed
 //! write removes its temporary file and names the file and the OS error.
+//! [`PartialFile`] gives the same for a file written piece by piece, too
+//! large to hold in memory first.
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -38,8 +40,13 @@ fn replace_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
+    rename_into_place(&tmp, path, dir)
+}
+
+/// Renames the finished `tmp` over `path`, in `dir`, durably.
+fn rename_into_place(tmp: &Path, path: &Path, dir: &Path) -> Result<()> {
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
         return Err(Error::io(path, e));
     }
     // The rename itself is durable only once the directory is synced.
@@ -47,6 +54,57 @@ fn replace_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A file written in pieces under its temporary name (`NAME.tmp`), which
+/// appears under its own name only once [`PartialFile::commit`] succeeds;
+/// dropped uncommitted, the temporary file is removed.
+pub struct PartialFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl PartialFile {
+    /// Starts `path`, replacing a temporary file a killed process left.
+    pub fn create(path: &Path) -> Result<PartialFile> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tmp = temporary(path);
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(PartialFile { path: path.to_path_buf(), tmp, file: Some(BufWriter::new(file)) })
+    }
+
+    /// Syncs the contents and renames them into place.
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("only commit takes the file, and it consumes self");
+        let synced = file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all());
+        if let Err(e) = synced {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(Error::io(&self.path, e));
+        }
+        let dir =
+            self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        rename_into_place(&self.tmp, &self.path, dir)
+    }
+}
+
+impl Write for PartialFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("present until commit").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("present until commit").flush()
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn temporary(path: &Path) -> PathBuf {
@@ -77,5 +135,22 @@ mod tests {
         let names: Vec<_> =
             fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_partial_file_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.tar");
+        let mut f = PartialFile::create(&path).unwrap();
+        f.write_all(b"half").unwrap();
+        f.flush().unwrap();
+        assert!(!path.exists() && temporary(&path).exists());
+        drop(f);
+        assert!(!temporary(&path).exists(), "an uncommitted file leaves nothing");
+        let mut f = PartialFile::create(&path).unwrap();
+        f.write_all(b"whole").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
+        assert!(!temporary(&path).exists());
     }
 }

@@ -48,7 +48,9 @@ impl Device {
 /// The unlabelled images that pretrain, bench and inspect views read.
 #[derive(Args)]
 pub(super) struct ImageFolder {
-    /// Folder of images (JPEG, PNG, WebP), searched recursively.
+    /// Images (JPEG, PNG, WebP): a folder tree; tar shards (a folder of .tar files, one .tar,
+    /// or a pattern such as 'train-{000000..000099}.tar'); a .zip archive; or a .txt list of
+    /// image files, one a line, relative to the list's folder.
     #[arg(long)]
     pub(super) data: PathBuf,
 }

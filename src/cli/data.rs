@@ -1,4 +1,5 @@
-//! `pixpro data`: evaluation data sets built from installed packages.
+//! `pixpro data`: evaluation data sets built from installed packages
+//! (`tuxseg`), and any input packed into tar shards (`pack`, in `pack.rs`).
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,6 +12,15 @@ pub(super) enum DataCommand {
     /// Cut-and-paste segmentation on real photos (Debian wallpapers + Tux Paint stamps).
     #[command(after_help = "Example:\n  pixpro data tuxseg --out data/tuxseg --seed 0")]
     Tuxseg(TuxsegArgs),
+    /// Write any --data input as tar shards, optionally shrinking large images once.
+    #[command(after_help = "Examples:\n  \
+        pixpro data pack --from ~/photos --out data/photos-shards --max-side 1024\n  \
+        pixpro data pack --from /imagenet/train --out /data/in1k --shard-size 1GB\n  \
+        pixpro pretrain --data data/photos-shards --out runs/mine --preset cpu\n\n\
+        Writes OUT/shard-000000.tar, ... and OUT/index.jsonl (source, index, shard, member, bytes,\n\
+        resized size); a shard appears only when complete, and running the same command again\n\
+        continues after the last complete one.")]
+    Pack(super::pack::PackArgs),
 }
 
 #[derive(Args)]
@@ -37,6 +47,7 @@ pub(super) struct TuxsegArgs {
 pub(super) fn run(command: &DataCommand) -> Result<()> {
     match command {
         DataCommand::Tuxseg(a) => build_tuxseg(a),
+        DataCommand::Pack(a) => super::pack::run(a),
     }
 }
 

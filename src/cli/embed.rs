@@ -50,12 +50,13 @@ pub(super) fn run(args: &EmbedArgs) -> Result<()> {
         eprintln!("skipped {}: {why}", path.display());
     }
     for i in 0..ds.len() {
-        let rel = ds.path(i).strip_prefix(&args.image).unwrap_or(ds.path(i));
+        let path = ds.path(i);
+        let rel = path.strip_prefix(&args.image).unwrap_or(&path);
         let out = args.out.join(rel).with_extension("safetensors");
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
         }
-        write(ds.path(i), &out)?;
+        write(&path, &out)?;
     }
     eprintln!("wrote {} feature files under {}", ds.len(), args.out.display());
     Ok(())

@@ -1,5 +1,5 @@
 //! The commands, in the order `pixpro --help` lists them: `pretrain`,
-//! `bench`, `data` (tuxseg), `eval`, `probe`, `finetune`, `embed`, `export`, `demo`,
+//! `bench`, `data` (tuxseg, pack), `eval`, `probe`, `finetune`, `embed`, `export`, `demo`,
 //! `experiment`, `inspect` (views, features) and `doctor`, one module each
 //! with its flags and a `run` that calls the library and prints what it did;
 //! `args` holds the flags several commands share.
@@ -10,6 +10,7 @@ mod args;
 mod pretrain;
 mod bench;
 mod data;
+mod pack;
 mod eval;
 mod probe;
 mod finetune;
@@ -48,7 +49,7 @@ enum Command {
         pixpro bench --data ~/photos --arch resnet50 --image-size 224 --batch-size 16 --json\n  \
         pixpro bench --data ~/photos --data-only --workers 1 --steps 20")]
     Bench(bench::BenchArgs),
-    /// Build evaluation data sets from installed packages.
+    /// Build evaluation data sets from installed packages; pack images into tar shards.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Measure a backbone on a VOC-layout folder: probe, retrieval, correspondence, fine-tuning.

@@ -1,12 +1,21 @@
-//! A folder of unlabelled photos: find them, check them up front, decode one
-//! to RGB8 on demand (the input side of spec section 1).
+//! The unlabelled photos `--data` names: find them, check them up front,
+//! decode one to RGB8 on demand (the input side of spec section 1).
+//!
+//! Whatever holds them ([`crate::data::sources`]: a folder tree, tar shards,
+//! a zip archive, a list of files), the images are numbered once, in a
+//! fixed order, so that an index means the same image on every machine and
+//! every run; the loader only ever asks for image `i`.
 use std::io::Cursor;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use rayon::prelude::*;
 
+use crate::data::archive::ZipImages;
+use crate::data::shards::Shards;
+use crate::data::sources::{self, Source};
 use crate::{Error, Result};
 
 /// File name extensions we treat as images (compared case-insensitively).
@@ -21,21 +30,38 @@ pub const MAX_MEGAPIXELS: u64 = 200;
 /// the decoder's allocation limit follows from [`MAX_MEGAPIXELS`].
 const MAX_BYTES_PER_PIXEL: u64 = 8;
 
+/// How much of an archive member the scan reads to check its header: the
+/// whole header of nearly every photo (an EXIF block with its thumbnail is
+/// at most 64 KiB), without reading the whole of large ones. A header that
+/// is longer is read whole (see [`check_header_of`]).
+pub(crate) const HEADER_BYTES: usize = 64 * 1024;
+
 /// What a scan found besides the usable images.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanReport {
-    /// Files with an image extension whose header cannot be read, and why.
+    /// Images whose header cannot be read, and why: files, or archive
+    /// members named `ARCHIVE/MEMBER`.
     pub bad: Vec<(PathBuf, String)>,
-    /// Files that do not have an image extension.
+    /// Files (or members) that do not have an image extension.
     pub other_files: usize,
+    /// Shards that hold no image: not an error, but worth a look.
+    pub empty: Vec<PathBuf>,
 }
 
-/// The readable images under one folder, in a fixed (sorted) order so that an
-/// index means the same file on every machine and every run.
+/// The readable images of one input, in a fixed order.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     root: PathBuf,
-    paths: Vec<PathBuf>,
+    images: Images,
+}
+
+/// Where the images are: each kind reads its own.
+#[derive(Debug, Clone)]
+enum Images {
+    /// Loose files: a folder tree (sorted) or a list (in its order).
+    Files(Vec<PathBuf>),
+    Shards(Shards),
+    Zip(ZipImages),
 }
 
 impl Dataset {
@@ -74,65 +100,134 @@ impl Dataset {
             }
         }
         candidates.sort();
-
-        let checked: Vec<_> = candidates
-            .into_par_iter()
-            .map(|p| {
-                let res = check_header(&p);
-                (p, res)
-            })
-            .collect();
-        let mut paths = Vec::with_capacity(checked.len());
-        for (path, res) in checked {
-            match res {
-                Ok(()) => paths.push(path),
-                Err(reason) => report.bad.push((path, reason)),
-            }
-        }
-
-        if paths.is_empty() {
-            let reason = match report.bad.first() {
-                Some((first, why)) => format!(
-                    "none of the {} images could be read; first: {}: {why}",
-                    report.bad.len(),
-                    first.strip_prefix(root).unwrap_or(first).display()
-                ),
-                None => {
-                    format!("no JPEG/PNG/WebP images found ({} other files)", report.other_files)
-                }
-            };
-            return Err(Error::data(root, reason));
-        }
-        Ok((Dataset { root: root.to_path_buf(), paths }, report))
+        let paths = check_files(candidates, &mut report);
+        finish(root, Images::Files(paths), report)
     }
 
-    /// The folder this data set was scanned from.
+    /// The images of any input [`sources::Source::of`] recognises: a folder
+    /// tree as [`Dataset::scan`], tar shards, a zip archive or a list of
+    /// files, each checked the same way up front.
+    pub fn open(input: &Path) -> Result<(Dataset, ScanReport)> {
+        let mut report = ScanReport::default();
+        let images = match Source::of(input)? {
+            Source::Folder(root) => return Dataset::scan(&root),
+            Source::Shards(files) => Images::Shards(Shards::scan(files, &mut report)?),
+            Source::Zip(path) => Images::Zip(ZipImages::scan(&path, &mut report)?),
+            Source::List(path) => {
+                let mut candidates = Vec::new();
+                for file in sources::read_list(&path)? {
+                    if has_image_extension(&file) {
+                        candidates.push(file);
+                    } else {
+                        report.other_files += 1;
+                    }
+                }
+                Images::Files(check_files(candidates, &mut report))
+            }
+        };
+        finish(input, images, report)
+    }
+
+    /// The input this data set was read from, as given.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     /// Number of readable images.
     pub fn len(&self) -> usize {
-        self.paths.len()
+        match &self.images {
+            Images::Files(paths) => paths.len(),
+            Images::Shards(shards) => shards.len(),
+            Images::Zip(zip) => zip.len(),
+        }
     }
 
-    /// Always false: [`Dataset::scan`] refuses a folder without images.
+    /// Always false: a data set without images is refused when opened.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
+        self.len() == 0
     }
 
-    /// Path of image `i`. Panics when `i >= len()`, like slice indexing.
-    pub fn path(&self, i: usize) -> &Path {
-        &self.paths[i]
+    /// Name of image `i`: its file, or `ARCHIVE/MEMBER` for a member of a
+    /// shard or zip. Panics when `i >= len()`, like slice indexing.
+    pub fn path(&self, i: usize) -> PathBuf {
+        match &self.images {
+            Images::Files(paths) => paths[i].clone(),
+            Images::Shards(shards) => shards.name(i),
+            Images::Zip(zip) => zip.name(i),
+        }
+    }
+
+    /// The encoded bytes of image `i`, as stored. Panics when `i >= len()`.
+    pub fn read(&self, i: usize) -> Result<Vec<u8>> {
+        match &self.images {
+            Images::Files(paths) => std::fs::read(&paths[i]).map_err(|e| Error::io(&paths[i], e)),
+            Images::Shards(shards) => shards.read(i),
+            Images::Zip(zip) => zip.read(i),
+        }
     }
 
     /// Decodes image `i` to RGB8, upright. Panics when `i >= len()`.
     pub fn load(&self, i: usize) -> Result<RgbImage> {
-        load_rgb(&self.paths[i])
+        if let Images::Files(paths) = &self.images {
+            return load_rgb(&paths[i]);
+        }
+        let bytes = self.read(i)?;
+        decode_rgb(&bytes).map_err(|reason| Error::Image { path: self.path(i), reason })
+    }
+
+    /// The images of each tar shard (`ranges[s]` are shard `s`'s), or none
+    /// for an input that is not sharded: what the loader splits over ranks.
+    pub fn shard_ranges(&self) -> &[Range<usize>] {
+        match &self.images {
+            Images::Shards(shards) => shards.ranges(),
+            Images::Files(_) | Images::Zip(_) => &[],
+        }
     }
 }
 
-fn has_image_extension(path: &Path) -> bool {
+/// Reads the header of every candidate file in parallel: the readable ones,
+/// in the order given; the others go to `report.bad`.
+fn check_files(candidates: Vec<PathBuf>, report: &mut ScanReport) -> Vec<PathBuf> {
+    let checked: Vec<_> = candidates
+        .into_par_iter()
+        .map(|p| {
+            let res = check_header(&p);
+            (p, res)
+        })
+        .collect();
+    let mut paths = Vec::with_capacity(checked.len());
+    for (path, res) in checked {
+        match res {
+            Ok(()) => paths.push(path),
+            Err(reason) => report.bad.push((path, reason)),
+        }
+    }
+    paths
+}
+
+/// The data set, or an error saying what was found instead of images.
+fn finish(root: &Path, images: Images, report: ScanReport) -> Result<(Dataset, ScanReport)> {
+    let dataset = Dataset { root: root.to_path_buf(), images };
+    if dataset.is_empty() {
+        let reason = match report.bad.first() {
+            Some((first, why)) => format!(
+                "none of the {} images could be read; first: {}: {why}",
+                report.bad.len(),
+                first.strip_prefix(root).unwrap_or(first).display()
+            ),
+            None if !report.empty.is_empty() => {
+                format!("all {} shards hold no images", report.empty.len())
+            }
+            None => {
+                format!("no JPEG/PNG/WebP images found ({} other files)", report.other_files)
+            }
+        };
+        return Err(Error::data(root, reason));
+    }
+    Ok((dataset, report))
+}
+
+pub(crate) fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
@@ -207,6 +302,29 @@ fn check_size(width: u32, height: u32) -> std::result::Result<(), String> {
 fn check_header(path: &Path) -> std::result::Result<(), String> {
     let (w, h) = open(path)?.into_dimensions().map_err(|e| e.to_string())?;
     check_size(w, h)
+}
+
+/// [`check_header`] for an image held in an archive, from `head`, its
+/// first [`HEADER_BYTES`] (or all of its `size` bytes if fewer). A header
+/// longer than that fails on `head` alone, so then the whole image is read
+/// with `whole` and checked again: the verdict is the one of a full read.
+pub(crate) fn check_header_of(
+    head: &[u8],
+    size: u64,
+    whole: &mut dyn FnMut() -> std::io::Result<Vec<u8>>,
+) -> std::result::Result<(), String> {
+    let check = |bytes: &[u8]| {
+        let mut reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        reader.limits(limits());
+        let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+        check_size(w, h)
+    };
+    match check(head) {
+        Err(_) if (head.len() as u64) < size => check(&whole().map_err(|e| e.to_string())?),
+        verdict => verdict,
+    }
 }
 
 /// Decodes any supported file to RGB8 with its EXIF orientation applied.

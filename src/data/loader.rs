@@ -6,7 +6,16 @@
 //! depends on `(seed, e)` only, and the views of image `i` in epoch `e` on
 //! `(seed, e, i)` only. So the batches are the same whatever the number of
 //! workers, the timing, or the point a run was resumed from.
+//!
+//! Ranks share an epoch in one of two ways, both disjoint. Usually each
+//! global batch is cut into one slice per rank. Tar shards read by several
+//! ranks, at least as many shards as ranks, are instead split over the
+//! ranks whole (each rank reads only its own files, as WebDataset's
+//! `split_by_node` does): the same shards for a rank in every epoch, so the
+//! number of batches per epoch is fixed, and a permutation of its shards'
+//! images per epoch, seeded by `(seed, rank, e)`.
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,7 +81,16 @@ struct Shared {
     dataset: Arc<Dataset>,
     aug: AugmentConfig,
     cfg: LoaderConfig,
+    split: Split,
     batches_per_epoch: usize,
+}
+
+/// How the ranks share an epoch (see the module).
+enum Split {
+    /// Each global batch is cut into one slice per rank.
+    Samples,
+    /// This rank's images: those of its shards, in shard order.
+    Shards(Vec<usize>),
 }
 
 impl Loader {
@@ -103,7 +121,27 @@ impl Loader {
         if cfg.prefetch == 0 {
             return Err(Error::config("prefetch", "must be at least 1"));
         }
-        let batches_per_epoch = dataset.len() / cfg.batch_size;
+        let ranges = dataset.shard_ranges();
+        let (split, batches_per_epoch) = if cfg.world_size > 1 && ranges.len() >= cfg.world_size {
+            let shares = assign_shards(ranges, cfg.world_size);
+            let b = cfg.batch_size / cfg.world_size;
+            let fewest = shares.iter().map(Vec::len).min().expect("world_size is at least 1");
+            if fewest < b {
+                return Err(Error::data(
+                    dataset.root(),
+                    format!(
+                        "the {} shards split over {} ranks give a rank only {fewest} images, fewer \
+                         than its batch of {b}; use a smaller --batch-size",
+                        ranges.len(),
+                        cfg.world_size
+                    ),
+                ));
+            }
+            let own = shares.into_iter().nth(cfg.rank).expect("rank is below world_size");
+            (Split::Shards(own), fewest / b)
+        } else {
+            (Split::Samples, dataset.len() / cfg.batch_size)
+        };
         if batches_per_epoch == 0 {
             return Err(Error::data(
                 dataset.root(),
@@ -114,7 +152,7 @@ impl Loader {
                 ),
             ));
         }
-        Ok(Loader { shared: Arc::new(Shared { dataset, aug, cfg, batches_per_epoch }) })
+        Ok(Loader { shared: Arc::new(Shared { dataset, aug, cfg, split, batches_per_epoch }) })
     }
 
     /// Full global batches per epoch; the last partial one is dropped so
@@ -248,18 +286,18 @@ impl Worker {
         let bpe = self.shared.batches_per_epoch as u64;
         // Each worker keeps the order of the epoch it is in: recomputing it
         // per batch would cost O(data set) every time.
-        let (mut perm_epoch, mut perm) = (None, Vec::new());
+        let (mut order_epoch, mut order) = (None, Vec::new());
         while self.tokens.recv().is_ok() && !self.stop.load(Ordering::Relaxed) {
             let seq = self.next.fetch_add(1, Ordering::Relaxed);
             let (epoch, index) = (seq / bpe, (seq % bpe) as usize);
-            if perm_epoch != Some(epoch) {
-                perm = permutation(self.shared.dataset.len(), self.shared.cfg.seed, epoch);
-                perm_epoch = Some(epoch);
+            if order_epoch != Some(epoch) {
+                order = rank_order(&self.shared, epoch);
+                order_epoch = Some(epoch);
             }
             // A panic here is a bug, but it must reach the consumer as an
             // error: a silently missing batch would make it wait forever.
             let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                make_batch(&self.shared, &perm, epoch, index, &self.stop)
+                make_batch(&self.shared, &order, epoch, index, &self.stop)
             }));
             let res = match made {
                 Ok(Some(res)) => res,
@@ -298,6 +336,7 @@ fn mix(parts: &[u64]) -> u64 {
 /// Separate streams, so a permutation seed never equals a sample seed.
 const ORDER_STREAM: u64 = 1;
 const VIEW_STREAM: u64 = 2;
+const SHARD_STREAM: u64 = 3;
 
 /// The order of epoch `epoch`: Fisher-Yates driven by `(seed, epoch)` only.
 pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
@@ -311,6 +350,51 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     p
 }
 
+/// Shards to ranks: each shard, the largest first, to the rank with the
+/// fewest images so far (ties to the lower rank and shard), so the shares
+/// are as even as whole shards allow and the same on every rank. Returns
+/// each rank's images, in shard order.
+fn assign_shards(ranges: &[Range<usize>], world: usize) -> Vec<Vec<usize>> {
+    let mut by_size: Vec<usize> = (0..ranges.len()).collect();
+    by_size.sort_by_key(|&s| (std::cmp::Reverse(ranges[s].len()), s));
+    let mut owner = vec![0; ranges.len()];
+    let mut load = vec![0; world];
+    for s in by_size {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).expect("world is at least 1");
+        owner[s] = r;
+        load[r] += ranges[s].len();
+    }
+    let mut shares = vec![Vec::new(); world];
+    for (s, range) in ranges.iter().enumerate() {
+        shares[owner[s]].extend(range.clone());
+    }
+    shares
+}
+
+/// This rank's images of epoch `epoch`, batch after batch: batch `k` is
+/// `order[k * b..(k + 1) * b]` for the per-rank batch `b`.
+fn rank_order(shared: &Shared, epoch: u64) -> Vec<usize> {
+    let cfg = &shared.cfg;
+    let b = cfg.batch_size / cfg.world_size;
+    let batches = shared.batches_per_epoch;
+    match &shared.split {
+        Split::Samples => {
+            let perm = permutation(shared.dataset.len(), cfg.seed, epoch);
+            (0..batches)
+                .flat_map(|k| {
+                    let start = k * cfg.batch_size + cfg.rank * b;
+                    perm[start..start + b].iter().copied()
+                })
+                .collect()
+        }
+        Split::Shards(own) => {
+            let seed = mix(&[cfg.seed, SHARD_STREAM, cfg.rank as u64]);
+            let perm = permutation(own.len(), seed, epoch);
+            perm.into_iter().take(batches * b).map(|j| own[j]).collect()
+        }
+    }
+}
+
 /// The random stream for both views of image `index` in epoch `epoch`.
 pub fn view_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(&[seed, VIEW_STREAM, epoch, index as u64]))
@@ -319,15 +403,14 @@ pub fn view_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
 /// Batch `index` of `epoch` for this rank, or `None` when asked to stop.
 fn make_batch(
     shared: &Shared,
-    perm: &[usize],
+    order: &[usize],
     epoch: u64,
     index: usize,
     stop: &AtomicBool,
 ) -> Option<Result<Batch>> {
     let cfg = &shared.cfg;
     let b = cfg.batch_size / cfg.world_size;
-    let start = index * cfg.batch_size + cfg.rank * b;
-    let indices = perm[start..start + b].to_vec();
+    let indices = order[index * b..(index + 1) * b].to_vec();
     let s = shared.aug.image_size as usize;
     let mut batch = Batch {
         view1: Vec::with_capacity(b * 3 * s * s),
@@ -375,8 +458,9 @@ fn load_or_replace(
                     Error::Image { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                tracing::warn!(path = %ds.path(j).display(), %reason, "cannot decode image; using the next one");
-                replaced.push((ds.path(j).to_path_buf(), reason));
+                let path = ds.path(j);
+                tracing::warn!(path = %path.display(), %reason, "cannot decode image; using the next one");
+                replaced.push((path, reason));
             }
         }
     }
@@ -537,6 +621,20 @@ mod tests {
         let msg = err(LoaderConfig { world_size: 2, ..config(3, 1) });
         assert!(msg.contains("multiple of the world size 2"), "{msg}");
         assert!(err(config(2, 0)).contains("workers"));
+    }
+
+    #[test]
+    fn shards_go_to_ranks_as_evenly_as_whole_shards_allow() {
+        // Shard sizes 5, 1, 4, 2, 2: largest first to the emptiest rank.
+        let ranges = [0..5, 5..6, 6..10, 10..12, 12..14];
+        let shares = assign_shards(&ranges, 2);
+        // Rank 0 takes shards 0 and 4 (5 + 2), rank 1 shards 2, 3, 1 (4 + 2 + 1).
+        assert_eq!(shares[0], [0, 1, 2, 3, 4, 12, 13]);
+        assert_eq!(shares[1], [5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(
+            assign_shards(&ranges, 5).iter().map(Vec::len).collect::<Vec<_>>(),
+            [5, 4, 2, 2, 1]
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Stage 1, data: files in, batches of view pairs with their coordinates out.
 //!
-//! - [`dataset`]: find the images of a folder, check them up front, decode one.
+//! - [`sources`]: which kind of input `--data` names: a folder tree, tar
+//!   shards, a zip archive or a list of files.
+//! - [`dataset`]: the images of any input, numbered once in a fixed order,
+//!   checked up front, decoded one at a time.
+//! - [`shards`]: WebDataset-style tar shards, indexed by one pass over their
+//!   headers, then read member by member.
+//! - [`archive`]: a zip archive of an image tree, read member by member.
 //! - [`views`]: two augmented crops of one image, each with its crop box in
 //!   the source image (what matching needs later), and the random draws of
 //!   their augmentation.
@@ -8,7 +14,10 @@
 //!   grayscale, blur, solarize, normalisation.
 //! - [`loader`]: background threads that turn the data set into
 //!   deterministic, resumable batches, sharded over ranks.
+pub mod sources;
 pub mod dataset;
+pub mod shards;
+pub mod archive;
 pub mod views;
 pub mod photometric;
 pub mod loader;

@@ -5,7 +5,9 @@
 //! - [`experiment`]: grids of pretrain + probe jobs, recorded as they finish.
 //! - [`bench`]: times the data pipeline and the training step.
 //! - [`inspect`]: pictures of views, matches and learned features.
+//! - [`pack`]: any input written once as tar shards, optionally shrunk.
 pub mod tuxseg;
 pub mod experiment;
 pub mod bench;
 pub mod inspect;
+pub mod pack;

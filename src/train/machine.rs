@@ -42,7 +42,7 @@ pub fn auto_workers(torch_threads: usize, device: Device) -> usize {
     cores.saturating_sub(busy).max(1)
 }
 
-/// Scans `data` and opens a one-process loader for `cfg`, reporting
+/// Opens `data` (any input [`Dataset::open`] takes) and a one-process loader for `cfg`, reporting
 /// unreadable files once.
 pub fn open_loader(
     cfg: &Config,
@@ -65,7 +65,10 @@ pub fn open_sharded_loader(
 ) -> Result<Loader> {
     let workers =
         if cfg.train.workers > 0 { cfg.train.workers } else { auto_workers(torch_threads, device) };
-    let (dataset, report) = Dataset::scan(data)?;
+    let (dataset, report) = Dataset::open(data)?;
+    if let Some(first) = report.empty.first() {
+        tracing::warn!("{} shards hold no images, first: {}", report.empty.len(), first.display());
+    }
     if !report.bad.is_empty() {
         tracing::warn!(
             "{} of {} image files cannot be read and are skipped; first: {}: {}",

@@ -8,7 +8,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::dataset::load_rgb;
 use crate::data::views::{make_view, two_views, AugmentConfig, View, ViewParams};
 use crate::method::PixPro;
 use crate::model::heads::normalize_cells;
@@ -327,8 +326,7 @@ pub fn inspect_features(
     let probe = Probe::new(model)?;
     let threshold = model.cfg.threshold;
     let mut written = Vec::new();
-    for (i, path) in first_images(images, out, count)? {
-        let img = load_rgb(&path)?;
+    for (i, path, img) in first_images(images, out, count)? {
         let features = render_features(&probe, &img, cfg.image_size)?;
         let target = picture_path(out, "features", i, &path);
         save_png(&features, &target)?;

@@ -113,15 +113,16 @@ fn picture_path(out: &Path, prefix: &str, index: usize, source: &Path) -> PathBu
     out.join(format!("{prefix}-{index:03}-{stem}.png"))
 }
 
-/// The first `count` images of `data` (sorted order), each with its own
-/// random stream seeded from `seed` and its index.
-fn first_images(data: &Path, out: &Path, count: usize) -> Result<Vec<(usize, PathBuf)>> {
-    let (dataset, report) = Dataset::scan(data)?;
+/// The first `count` images of `data` (any input `--data` takes, in its
+/// order), decoded, with their index (which seeds each one's random stream)
+/// and name.
+fn first_images(data: &Path, out: &Path, count: usize) -> Result<Vec<(usize, PathBuf, RgbImage)>> {
+    let (dataset, report) = Dataset::open(data)?;
     for (path, reason) in &report.bad {
         tracing::warn!("{}: skipped: {reason}", path.display());
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    Ok((0..count.min(dataset.len())).map(|i| (i, dataset.path(i).to_path_buf())).collect())
+    (0..count.min(dataset.len())).map(|i| Ok((i, dataset.path(i), dataset.load(i)?))).collect()
 }
 
 fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use image::{imageops, Rgb, RgbImage};
 use rand::Rng;
 
-use crate::data::dataset::load_rgb;
 use crate::data::views::{two_views, AugmentConfig, View};
 use crate::plots::{blend, disc, paste, rect, save_png, segment, text, BLACK, WHITE};
 use crate::Result;
@@ -229,8 +228,7 @@ pub fn inspect_views(
     cfg.validate()?;
     check_grid(grid, threshold)?;
     let mut written = Vec::new();
-    for (i, path) in first_images(data, out, count)? {
-        let img = load_rgb(&path)?;
+    for (i, path, img) in first_images(data, out, count)? {
         let picture = views_picture(&img, cfg, grid, threshold, &mut image_rng(seed, i))?;
         let target = picture_path(out, "views", i, &path);
         save_png(&picture, &target)?;
