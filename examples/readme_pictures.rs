@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use image::imageops;
-use pixpro::data::dataset::{load_rgb, Dataset};
+use pixpro::data::dataset::Dataset;
 use pixpro::data::views::AugmentConfig;
 use pixpro::method::{ModelConfig, PixPro};
 use pixpro::model::resnet::Arch;
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let (data, _) = Dataset::scan(&photos)?;
-    let img = load_rgb(data.path(0))?;
+    let img = data.load(0)?;
     let shrink = |p: image::RgbImage| {
         if p.width() > MAX_WIDTH {
             imageops::resize(&p, p.width() / 2, p.height() / 2, imageops::FilterType::Triangle)
