@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 
 use fast_image_resize as fr;
 use image::{ImageReader, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{decode_rgb, Dataset};
 use crate::files::{write_atomically, PartialFile};
+use crate::train::progress_bar;
 use crate::{Error, Result};
 
 /// Quality of a re-encoded JPEG: high enough that the pixels pretraining
@@ -437,19 +437,6 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         return Err(format!("`{text}` is less than a byte"));
     }
     Ok(bytes as u64)
-}
-
-fn progress_bar(quiet: bool, pos: u64, len: u64) -> ProgressBar {
-    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len).with_position(pos);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 #[cfg(test)]

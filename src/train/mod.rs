@@ -32,7 +32,7 @@ pub mod malloc;
 
 pub use lock::DirLock;
 pub use machine::{auto_workers, interrupt_flag, open_loader, open_sharded_loader, pick_device};
-pub use report::RunSummary;
+pub use report::{progress_bar, RunSummary};
 pub use run::{pretrain, InitWeights, RunOptions};
 pub use run_dir::{load_pixpro, saved_config, truncate_metrics, RunDir};
 pub use trainer::{lr_schedule, total_steps, StepStats, Trainer};

@@ -90,7 +90,9 @@ impl Window {
     }
 }
 
-pub(super) fn progress_bar(quiet: bool, pos: u64, len: u64) -> ProgressBar {
+/// The progress bar of every long job (training, `data pack`), from `pos`
+/// to `len` on stderr; hidden when quiet or when stderr is not a terminal.
+pub fn progress_bar(quiet: bool, pos: u64, len: u64) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
