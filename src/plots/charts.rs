@@ -8,8 +8,8 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 use super::canvas::{
-    disc, fill, rect, save_png, segment, text, text_width, BLACK, FRAME, GRID, LABEL_PX, TITLE_PX,
-    WHITE,
+    blend, disc, fill, rect, save_png, segment, text, text_width, BLACK, FRAME, GRID, LABEL_PX,
+    TITLE_PX, WHITE,
 };
 
 /// One line of `metrics.jsonl`; other fields are ignored.
@@ -74,7 +74,7 @@ struct Series {
     colour: Rgb<u8>,
     width: f32,
     points: Vec<(f64, f64)>,
-    /// (x, lo, hi), shaded under the line in a paler colour.
+    /// (x, lo, hi), shaded translucently under the line.
     band: Vec<(f64, f64, f64)>,
 }
 
@@ -127,17 +127,25 @@ fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, se
     text(img, px0, y + 6.0, TITLE_PX, BLACK, title);
 
     for s in series {
-        let pale = Rgb(s.colour.0.map(|c| (u16::from(c) + 3 * 255).div_euclid(4) as u8));
+        // Translucent, so that overlapping bands both show; each pixel
+        // column once (a column shared by two pairs goes to the later one).
+        let column = |img: &mut RgbImage, c: f32, lo: f64, hi: f64| {
+            for row in sy(hi).ceil() as i64..=sy(lo).floor() as i64 {
+                blend(img, c as i64, row, s.colour, 0.25);
+            }
+        };
         for pair in s.band.windows(2) {
             let ((xa, loa, hia), (xb, lob, hib)) = (pair[0], pair[1]);
             let (ca, cb) = (sx(xa), sx(xb));
             let mut c = ca.ceil();
-            while c <= cb {
-                let t = if cb > ca { f64::from((c - ca) / (cb - ca)) } else { 0.0 };
-                let (lo, hi) = (loa + t * (lob - loa), hia + t * (hib - hia));
-                segment(img, (c, sy(lo)), (c, sy(hi)), pale, 1.0, None);
+            while c < cb {
+                let t = f64::from((c - ca) / (cb - ca));
+                column(img, c, loa + t * (lob - loa), hia + t * (hib - hia));
                 c += 1.0;
             }
+        }
+        if let Some(&(x, lo, hi)) = s.band.last() {
+            column(img, sx(x).ceil(), lo, hi);
         }
     }
     for s in series {
