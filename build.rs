@@ -2,7 +2,8 @@
 //! compile the C++ parts against it: the collective engines of
 //! `src/collective.rs`, the CPU/CUDA autocast of `src/precision.rs`, the
 //! `torch.save` files of `pixpro export` and the libtorch version `pixpro
-//! doctor` prints.
+//! doctor` prints; and the C shim over libjpeg-turbo (`src/data/jpeg.rs`),
+//! linked statically so that the binary runs on machines without it.
 //!
 //! Without `--no-as-needed` the linker drops `libtorch.so` (nothing references
 //! it directly) and with it `libtorch_cuda.so`, so `tch::Cuda::is_available()`
@@ -16,6 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/version.cpp");
     println!("cargo:rerun-if-changed=csrc/torch_save.cpp");
+    println!("cargo:rerun-if-changed=csrc/jpeg.c");
     let lib_dir = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys names libtorch's lib folder in DEP_TCH_LIBTORCH_LIB"),
@@ -24,6 +26,7 @@ fn main() {
     let root = lib_dir.parent().expect("libtorch's lib folder has a parent");
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     compile_csrc(&root);
+    compile_jpeg();
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");
@@ -76,6 +79,36 @@ fn compile_csrc(root: &Path) {
     build.compile("pixpro_csrc");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+}
+
+/// `csrc/jpeg.c` against the system's libjpeg-turbo, whose static archive
+/// Debian's `libjpeg-dev` ships beside the shared one.
+fn compile_jpeg() {
+    let lib_dir =
+        pkg_config_var("libjpeg", "libdir").unwrap_or_else(|| "/usr/lib/x86_64-linux-gnu".into());
+    let include_dir =
+        pkg_config_var("libjpeg", "includedir").unwrap_or_else(|| "/usr/include".into());
+    if !Path::new(&include_dir).join("jpeglib.h").exists()
+        || !Path::new(&lib_dir).join("libjpeg.a").exists()
+    {
+        panic!(
+            "libjpeg-turbo's headers or static library are missing ({include_dir}/jpeglib.h, \
+             {lib_dir}/libjpeg.a): run scripts/setup, or `sudo apt-get install libjpeg-dev`"
+        );
+    }
+    cc::Build::new().file("csrc/jpeg.c").include(&include_dir).compile("pixpro_jpeg");
+    println!("cargo:rustc-link-search=native={lib_dir}");
+    println!("cargo:rustc-link-lib=static=jpeg");
+}
+
+fn pkg_config_var(package: &str, variable: &str) -> Option<String> {
+    let out = std::process::Command::new("pkg-config")
+        .arg(format!("--variable={variable}"))
+        .arg(package)
+        .output()
+        .ok()?;
+    let value = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !value.is_empty()).then_some(value)
 }
 
 /// The include folders of the pip `nvidia-*` packages next to torch: NCCL's,

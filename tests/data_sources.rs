@@ -340,3 +340,139 @@ fn cli_packs_then_continues_and_names_bad_input() {
     let (ok, err) = pixpro(&["data", "pack", "--from", zip.to_str().unwrap(), "--out", to]);
     assert!(!ok && err.contains("cut.zip") && err.contains("truncated"), "{err}");
 }
+
+/// Real photos of the Debian wallpaper packages (scripts/setup installs
+/// them): one baseline, one progressive, a third with other sampling.
+const PHOTOS: [&str; 3] = [
+    "/usr/share/backgrounds/mate/nature/GreenMeadow.jpg",
+    "/usr/share/backgrounds/Picture_1A_by_freespace.jpg",
+    "/usr/share/backgrounds/mate/nature/Dune.jpg",
+];
+
+/// The `.venv`'s PIL decodes `jpeg` at 1/`denom` (its `draft` mode), upright
+/// (`exif_transpose`), to raw RGB in `out`; returns its width and height.
+fn pil_decode(jpeg: &Path, denom: u32, out: &Path) -> (u32, u32) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = r#"
+import sys
+from PIL import Image, ImageOps
+path, denom, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+im = Image.open(path)
+if denom > 1:
+    im.draft("RGB", (im.size[0] // denom, im.size[1] // denom))
+im = ImageOps.exif_transpose(im.convert("RGB"))
+open(out, "wb").write(im.tobytes())
+print(im.size[0], im.size[1])
+"#;
+    let run = Command::new(python)
+        .args(["-c", script])
+        .arg(jpeg)
+        .arg(denom.to_string())
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let size = String::from_utf8(run.stdout).unwrap();
+    let mut it = size.split_whitespace().map(|v| v.parse().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[test]
+fn jpegs_decode_to_the_pixels_pil_gives_whole_and_reduced() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A grey JPEG and one a phone would write for a portrait photo (EXIF
+    // orientation 6, "turn clockwise to display"), beside the real photos.
+    let grey = tmp.path().join("grey.jpg");
+    image::GrayImage::from_fn(77, 45, |x, y| image::Luma([(x * 3 + y * 5) as u8]))
+        .save(&grey)
+        .unwrap();
+    let turned = tmp.path().join("turned.jpg");
+    {
+        use image::ImageEncoder;
+        let img =
+            image::RgbImage::from_fn(61, 35, |x, y| image::Rgb([(x * 4) as u8, (y * 7) as u8, 90]));
+        let mut bytes = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 92);
+        enc.set_exif_metadata(vec![
+            0x49, 0x49, 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0,
+            0,
+        ])
+        .unwrap();
+        enc.write_image(img.as_raw(), 61, 35, image::ExtendedColorType::Rgb8).unwrap();
+        std::fs::write(&turned, bytes).unwrap();
+    }
+    let mut files: Vec<PathBuf> = PHOTOS.iter().map(PathBuf::from).collect();
+    files.extend([grey, turned]);
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for denom in [1, 2, 4, 8] {
+            let raw = tmp.path().join("pil.rgb");
+            let (w, h) = pil_decode(file, denom, &raw);
+            let (ours, _) =
+                pixpro::data::dataset::Opened::new(&bytes).unwrap().decode(denom).unwrap();
+            assert_eq!(ours.dimensions(), (w, h), "{} at 1/{denom}", file.display());
+            let pil = std::fs::read(&raw).unwrap();
+            let differ = ours.as_raw().iter().zip(&pil).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differ,
+                0,
+                "{} at 1/{denom}: {differ} values differ from PIL's",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Views of a 4 MP photo from reduced decodes against the same views from
+/// the whole decode: the same crops and coordinates, pixels a few levels
+/// apart (0.27 levels on average when written; docs/performance.md
+/// measures it on more photos), and most views
+/// do come from a reduced decode at this size.
+#[test]
+fn reduced_decodes_keep_the_crops_and_move_the_pixels_little() {
+    use pixpro::data::dataset::Opened;
+    use pixpro::data::views::{two_views_decoded, ViewParams};
+    use rand::SeedableRng;
+    let bytes = std::fs::read("/usr/share/backgrounds/mate/nature/Garden.jpg").unwrap();
+    // Geometry only, so that the pixels are compared before any colour
+    // operation magnifies a difference.
+    let plain = ViewParams {
+        jitter_p: 0.0,
+        grayscale_p: 0.0,
+        blur_p: 0.0,
+        solarize_p: 0.0,
+        ..ViewParams::view1()
+    };
+    let cfg =
+        AugmentConfig { image_size: 224, view1: plain.clone(), view2: plain, reduced_decode: true };
+    let whole = AugmentConfig { reduced_decode: false, ..cfg.clone() };
+    let (mut reduced, mut total, mut n) = (0, 0.0, 0.0);
+    for seed in 0..24u64 {
+        let views = |cfg: &AugmentConfig, used: &mut u32| {
+            let opened = Opened::new(&bytes).unwrap();
+            let (w, h) = opened.dimensions();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            two_views_decoded(w, h, cfg, &mut rng, |d| {
+                *used = d;
+                opened.decode(d)
+            })
+            .unwrap()
+        };
+        let (mut d, mut one) = (0, 0);
+        let (a1, a2) = views(&cfg, &mut d);
+        let (b1, b2) = views(&whole, &mut one);
+        assert_eq!(one, 1);
+        reduced += usize::from(d > 1);
+        for (a, b) in [(a1, b1), (a2, b2)] {
+            assert_eq!(a.coords, b.coords);
+            for (x, y) in a.pixels.iter().zip(&b.pixels) {
+                // Normalised units back to 0-255 levels (std about 0.226).
+                total += f64::from((x - y).abs()) * 0.226 * 255.0;
+                n += 1.0;
+            }
+        }
+    }
+    assert!(reduced >= 12, "only {reduced} of 24 pairs were decoded reduced");
+    let mean = total / n;
+    assert!(mean < 1.0, "views moved by {mean:.2} levels on average");
+}

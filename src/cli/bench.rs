@@ -49,6 +49,10 @@ pub(super) struct BenchArgs {
     /// the model; with --workers 1 it measures one core.
     #[arg(long)]
     data_only: bool,
+    /// Decode every JPEG whole, not at the reduced size the crops allow
+    /// (`augment.reduced_decode = false`): the baseline of its speed-up.
+    #[arg(long)]
+    whole_decode: bool,
 }
 
 impl BenchArgs {
@@ -78,6 +82,9 @@ impl BenchArgs {
         }
         if let Some(p) = self.precision {
             cfg.train.precision = p;
+        }
+        if self.whole_decode {
+            cfg.augment.reduced_decode = false;
         }
         Ok(cfg)
     }
@@ -123,9 +130,14 @@ pub(super) fn run(args: &BenchArgs) -> Result<()> {
 fn data_only(args: &BenchArgs, cfg: &Config) -> Result<()> {
     let r = bench::data_only(cfg, &args.images.data, args.steps)?;
     println!(
-        "data alone, {} px, batch {}: {:.1} two-view img/s with {} loader workers ({:.1} per worker); peak memory {:.0} MiB",
+        "{} images found and checked in {:.2} s, first batch {:.2} s later",
+        r.images, r.scan_s, r.first_batch_s
+    );
+    println!(
+        "data alone, {} px, batch {}, {} decode: {:.1} two-view img/s with {} loader workers ({:.1} per worker); peak memory {:.0} MiB",
         r.image_size,
         r.batch_size,
+        if r.reduced_decode { "reduced" } else { "whole" },
         r.data_images_per_sec,
         r.workers,
         r.data_images_per_sec_per_worker,

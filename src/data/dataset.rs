@@ -14,6 +14,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 use rayon::prelude::*;
 
 use crate::data::archive::ZipImages;
+use crate::data::jpeg::{self, Placement};
 use crate::data::shards::Shards;
 use crate::data::sources::{self, Source};
 use crate::{Error, Result};
@@ -233,40 +234,6 @@ pub(crate) fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// Whether a JPEG's end-of-image marker follows its first scan. The headers
-/// are walked segment by segment so that an EXIF thumbnail (a whole JPEG
-/// inside APP1) is not mistaken for the image, and data appended after the
-/// end marker (motion-photo videos, vendor trailers) does not matter. Only a
-/// layout we understand is judged; anything else is left to the decoder.
-fn jpeg_is_complete(b: &[u8]) -> bool {
-    let mut i = 2;
-    while i + 4 <= b.len() {
-        if b[i] != 0xFF {
-            return true;
-        }
-        let marker = b[i + 1];
-        match marker {
-            // Fill byte before a marker.
-            0xFF => i += 1,
-            // Markers without a length field.
-            0x01 | 0xD0..=0xD8 => i += 2,
-            0xD9 => return true,
-            _ => {
-                let len = usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
-                if marker == 0xDA {
-                    let Some(scan) = b.get(i + 2 + len..) else { return false };
-                    // Entropy-coded data escapes 0xFF as FF 00, so the first
-                    // FF D9 is the end marker; most files end with it.
-                    return scan.ends_with(&[0xFF, 0xD9])
-                        || scan.windows(2).any(|w| w == [0xFF, 0xD9]);
-                }
-                i += 2 + len;
-            }
-        }
-    }
-    false
-}
-
 fn limits() -> Limits {
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_MEGAPIXELS * 1_000_000 * MAX_BYTES_PER_PIXEL);
@@ -327,7 +294,8 @@ pub(crate) fn check_header_of(
     }
 }
 
-/// Decodes any supported file to RGB8 with its EXIF orientation applied.
+/// Decodes any supported file to RGB8 with its EXIF orientation applied
+/// (JPEGs by libjpeg-turbo, as PIL decodes them; see [`Opened`]).
 /// Alpha is dropped (not composited), 16-bit and grey images are converted.
 /// A JPEG cut short (an interrupted copy or download) is an error, although
 /// the decoder would return it with the missing rows grey.
@@ -339,11 +307,86 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 /// [`load_rgb`] on the bytes of a file already read: the decoded image, or
 /// why it cannot be decoded (without the file name, which the caller adds).
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    let mut reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
-        return Err("JPEG file is truncated (no end-of-image marker after the image data)".into());
+    Ok(Opened::new(bytes)?.decode(1)?.0)
+}
+
+/// An image read as far as its upright size, to be decoded at the size its
+/// use needs: a JPEG by libjpeg-turbo, whole or reduced (`jpeg`), anything
+/// else (PNG, WebP, and the CMYK JPEGs libjpeg cannot turn into RGB) by the
+/// `image` crate, whole, at once.
+pub struct Opened<'a> {
+    bytes: &'a [u8],
+    kind: Kind,
+}
+
+enum Kind {
+    Jpeg { stored: (u32, u32), orientation: Orientation },
+    Decoded(RgbImage),
+}
+
+impl<'a> Opened<'a> {
+    /// Reads the header (a JPEG's) or the whole image (any other): its size
+    /// and, for a JPEG, that it is complete.
+    pub fn new(bytes: &'a [u8]) -> std::result::Result<Opened<'a>, String> {
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        if reader.format() == Some(ImageFormat::Jpeg) {
+            if !jpeg::is_complete(bytes) {
+                return Err(
+                    "JPEG file is truncated (no end-of-image marker after the image data)".into()
+                );
+            }
+            if let Some(stored) = jpeg::size(bytes, 1)? {
+                check_size(stored.0, stored.1)?;
+                let orientation = jpeg::orientation(bytes);
+                return Ok(Opened { bytes, kind: Kind::Jpeg { stored, orientation } });
+            }
+        }
+        Ok(Opened { bytes, kind: Kind::Decoded(decode_with_image_crate(reader)?) })
     }
+
+    /// Width and height upright (EXIF orientation applied).
+    pub fn dimensions(&self) -> (u32, u32) {
+        match &self.kind {
+            Kind::Jpeg { stored: (w, h), orientation } => {
+                if turns(*orientation) {
+                    (*h, *w)
+                } else {
+                    (*w, *h)
+                }
+            }
+            Kind::Decoded(img) => img.dimensions(),
+        }
+    }
+
+    /// The image upright at 1/`denom` of its size (1, 2, 4 or 8), or whole
+    /// if it is not a JPEG, with where its pixels sit on the whole image.
+    pub fn decode(self, denom: u32) -> std::result::Result<(RgbImage, Placement), String> {
+        let (stored, orientation) = match self.kind {
+            Kind::Decoded(img) => return Ok((img, Placement::IDENTITY)),
+            Kind::Jpeg { stored, orientation } => (stored, orientation),
+        };
+        let img = jpeg::decode(self.bytes, denom, check_size)?
+            .ok_or("libjpeg read the header but not the colour space of the image")?;
+        let at = Placement::of(denom, stored, img.dimensions(), orientation);
+        let mut img = DynamicImage::ImageRgb8(img);
+        img.apply_orientation(orientation);
+        let DynamicImage::ImageRgb8(rgb) = img else { unreachable!("orientation keeps RGB8") };
+        Ok((rgb, at))
+    }
+}
+
+fn turns(o: Orientation) -> bool {
+    use Orientation::*;
+    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+}
+
+/// Any format `image` reads, to RGB8 with its EXIF orientation applied.
+/// Alpha is dropped (not composited), 16-bit and grey images are converted.
+fn decode_with_image_crate(
+    mut reader: ImageReader<Cursor<&[u8]>>,
+) -> std::result::Result<RgbImage, String> {
     reader.limits(limits());
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (w, h) = decoder.dimensions();
@@ -531,7 +574,7 @@ mod tests {
         let trailer = dir.path().join("motion.jpg");
         std::fs::write(&trailer, &with_trailer).unwrap();
         assert_eq!(load_rgb(&trailer).unwrap().dimensions(), (128, 96));
-        assert!(jpeg_is_complete(&bytes));
+        assert!(jpeg::is_complete(&bytes));
 
         // A complete thumbnail inside APP1 must not vouch for a cut image.
         let thumb = jpeg_bytes(8, 8);
@@ -540,8 +583,8 @@ mod tests {
         with_thumb.extend_from_slice(&(thumb.len() as u16 + 2).to_be_bytes());
         with_thumb.extend_from_slice(&thumb);
         with_thumb.extend_from_slice(&bytes[2..]);
-        assert!(jpeg_is_complete(&with_thumb));
-        assert!(!jpeg_is_complete(&with_thumb[..with_thumb.len() - 100]));
+        assert!(jpeg::is_complete(&with_thumb));
+        assert!(!jpeg::is_complete(&with_thumb[..with_thumb.len() - 100]));
     }
 
     #[test]

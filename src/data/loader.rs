@@ -22,12 +22,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::dataset::Dataset;
-use crate::data::views::{two_views, AugmentConfig};
+use crate::data::dataset::{Dataset, Opened};
+use crate::data::views::{two_views_decoded, AugmentConfig};
 use crate::{Error, Result};
 
 /// How batches are cut and produced.
@@ -162,6 +161,11 @@ impl Loader {
     }
 
     /// Worker threads making batches.
+    /// Images in the data set (all ranks').
+    pub fn images(&self) -> usize {
+        self.shared.dataset.len()
+    }
+
     pub fn workers(&self) -> usize {
         self.shared.cfg.workers
     }
@@ -428,11 +432,18 @@ fn make_batch(
             return None;
         }
         let i = batch.indices[k];
-        let img = match load_or_replace(&shared.dataset, i, &mut batch.replaced) {
-            Ok(img) => img,
+        let views = views_or_replace(&shared.dataset, i, &mut batch.replaced, |ds, j| {
+            let bytes = ds.read(j)?;
+            let image = |reason| Error::Image { path: ds.path(j), reason };
+            let opened = Opened::new(&bytes).map_err(image)?;
+            let (w, h) = opened.dimensions();
+            let rng = &mut view_rng(cfg.seed, epoch, i);
+            two_views_decoded(w, h, &shared.aug, rng, |d| opened.decode(d)).map_err(image)
+        });
+        let (v1, v2) = match views {
+            Ok(views) => views,
             Err(e) => return Some(Err(e)),
         };
-        let (v1, v2) = two_views(&img, &shared.aug, &mut view_rng(cfg.seed, epoch, i));
         batch.view1.extend_from_slice(&v1.pixels);
         batch.view2.extend_from_slice(&v2.pixels);
         batch.coords1.push(v1.coords);
@@ -441,18 +452,21 @@ fn make_batch(
     Some(Ok(batch))
 }
 
-/// Image `i`, or if it cannot be decoded the next one that can (wrapping
-/// around), so a bad file costs a warning rather than the run.
-fn load_or_replace(
+/// `views(ds, i)`, or if image `i` cannot be read or decoded the views of
+/// the next one that can (wrapping around), so a bad file costs a warning
+/// rather than the run. The caller seeds the views by `i` whichever image
+/// they come from.
+fn views_or_replace<T>(
     ds: &Dataset,
     i: usize,
     replaced: &mut Vec<(PathBuf, String)>,
-) -> Result<RgbImage> {
+    mut views: impl FnMut(&Dataset, usize) -> Result<T>,
+) -> Result<T> {
     let n = ds.len();
     for k in 0..n {
         let j = (i + k) % n;
-        match ds.load(j) {
-            Ok(img) => return Ok(img),
+        match views(ds, j) {
+            Ok(v) => return Ok(v),
             Err(e) => {
                 let reason = match e {
                     Error::Image { reason, .. } => reason,
@@ -473,7 +487,7 @@ fn load_or_replace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::Rgb;
+    use image::{Rgb, RgbImage};
     use std::path::Path;
     use std::time::{Duration, Instant};
 

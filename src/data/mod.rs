@@ -7,6 +7,8 @@
 //! - [`shards`]: WebDataset-style tar shards, indexed by one pass over their
 //!   headers, then read member by member.
 //! - [`archive`]: a zip archive of an image tree, read member by member.
+//! - [`jpeg`]: JPEG decoding by libjpeg-turbo, as PIL decodes them, whole
+//!   or at 1/2, 1/4, 1/8 of the size where the crops allow.
 //! - [`views`]: two augmented crops of one image, each with its crop box in
 //!   the source image (what matching needs later), and the random draws of
 //!   their augmentation.
@@ -18,6 +20,7 @@ pub mod sources;
 pub mod dataset;
 pub mod shards;
 pub mod archive;
+pub mod jpeg;
 pub mod views;
 pub mod photometric;
 pub mod loader;

@@ -14,6 +14,8 @@ use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use super::jpeg::Placement;
+use super::jpeg::REDUCTIONS;
 use super::photometric::{
     adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur, grayscale,
     normalize, solarize,
@@ -147,11 +149,21 @@ pub struct AugmentConfig {
     /// always-on blur).
     #[serde(deserialize_with = "view2_with_defaults")]
     pub view2: ViewParams,
+    /// Decode a JPEG at 1/2, 1/4 or 1/8 of its size when both crops keep at
+    /// least `image_size` pixels a side at that size (libjpeg's DCT
+    /// scaling; the crops and their coordinates do not change, the pixels
+    /// move a little: docs/performance.md). Off decodes every image whole.
+    pub reduced_decode: bool,
 }
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        AugmentConfig { image_size: 224, view1: ViewParams::view1(), view2: ViewParams::view2() }
+        AugmentConfig {
+            image_size: 224,
+            view1: ViewParams::view1(),
+            view2: ViewParams::view2(),
+            reduced_decode: true,
+        }
     }
 }
 
@@ -302,18 +314,29 @@ thread_local! {
 }
 
 /// Bilinear (antialiased, as PIL) resize of the crop region straight from the
-/// source buffer to `size` x `size` RGB8.
-fn resize_crop(img: &RgbImage, b: &CropBox, size: u32) -> Vec<u8> {
+/// source buffer to `size` x `size` RGB8. `img` may be a reduced decode of
+/// the image the crop was drawn on; `at` says where its pixels sit.
+fn resize_crop(img: &RgbImage, at: &Placement, b: &CropBox, size: u32) -> Vec<u8> {
     let src =
         fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
             .expect("an RgbImage buffer always matches its dimensions");
     let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
+    // A reduced decode's last block may be a fraction of a pixel short of
+    // the scaled crop; clamping keeps the crop inside the buffer.
+    let place = |start: u32, len: u32, offset: f64, extent: u32| {
+        let extent = f64::from(extent);
+        let a = (f64::from(start) * at.scale + offset).clamp(0.0, extent);
+        let b = (f64::from(start + len) * at.scale + offset).clamp(a, extent);
+        (a, b - a)
+    };
+    let (left, width) = place(b.left, b.width, at.offset[0], img.width());
+    let (top, height) = place(b.top, b.height, at.offset[1], img.height());
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(f64::from(b.left), f64::from(b.top), f64::from(b.width), f64::from(b.height));
+        .crop(left, top, width, height);
     RESIZER
         .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-        .expect("crop_box always lies inside the image");
+        .expect("the crop is clamped into the image");
     dst.into_vec()
 }
 
@@ -334,63 +357,149 @@ fn to_planes(rgb: &[u8], s: usize, flipped: bool, out: &mut [f32]) {
     }
 }
 
-/// torchvision `ColorJitter`: the four operations in a random order, each
-/// factor drawn up front (brightness, contrast, saturation, hue), an
+/// torchvision `ColorJitter`'s draws: the four operations in a random order,
+/// each factor drawn up front (brightness, contrast, saturation, hue), an
 /// operation with strength 0 skipped.
-fn color_jitter(px: &mut [f32], p: &ViewParams, rng: &mut impl Rng) {
-    let mut order = [0usize, 1, 2, 3];
-    for i in (1..4).rev() {
-        order.swap(i, rng.random_range(0..=i));
-    }
-    fn factor(rng: &mut impl Rng, x: f64) -> Option<f64> {
-        (x > 0.0).then(|| uniform(rng, (1.0 - x).max(0.0), 1.0 + x))
-    }
-    let brightness = factor(rng, p.brightness);
-    let contrast = factor(rng, p.contrast);
-    let saturation = factor(rng, p.saturation);
-    let hue = (p.hue > 0.0).then(|| uniform(rng, -p.hue, p.hue));
-    for op in order {
-        match (op, brightness, contrast, saturation, hue) {
-            (0, Some(f), ..) => adjust_brightness(px, f as f32),
-            (1, _, Some(f), ..) => adjust_contrast(px, f as f32),
-            (2, _, _, Some(f), _) => adjust_saturation(px, f as f32),
-            (3, .., Some(f)) => adjust_hue(px, f as f32),
-            _ => {}
+#[derive(Clone, Copy, Debug)]
+struct Jitter {
+    order: [usize; 4],
+    brightness: Option<f64>,
+    contrast: Option<f64>,
+    saturation: Option<f64>,
+    hue: Option<f64>,
+}
+
+impl Jitter {
+    fn draw(p: &ViewParams, rng: &mut impl Rng) -> Jitter {
+        let mut order = [0usize, 1, 2, 3];
+        for i in (1..4).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        fn factor(rng: &mut impl Rng, x: f64) -> Option<f64> {
+            (x > 0.0).then(|| uniform(rng, (1.0 - x).max(0.0), 1.0 + x))
+        }
+        Jitter {
+            order,
+            brightness: factor(rng, p.brightness),
+            contrast: factor(rng, p.contrast),
+            saturation: factor(rng, p.saturation),
+            hue: (p.hue > 0.0).then(|| uniform(rng, -p.hue, p.hue)),
         }
     }
+
+    fn apply(&self, px: &mut [f32]) {
+        for op in self.order {
+            match (op, self.brightness, self.contrast, self.saturation, self.hue) {
+                (0, Some(f), ..) => adjust_brightness(px, f as f32),
+                (1, _, Some(f), ..) => adjust_contrast(px, f as f32),
+                (2, _, _, Some(f), _) => adjust_saturation(px, f as f32),
+                (3, .., Some(f)) => adjust_hue(px, f as f32),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every random draw of one view. No draw depends on a pixel, so a view is
+/// planned from the image's size alone, before the image is decoded: both
+/// crops are known when the decode size is chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewPlan {
+    crop: CropBox,
+    flipped: bool,
+    jitter: Option<Jitter>,
+    grayscale: bool,
+    blur_sigma: Option<f64>,
+    solarize: bool,
+}
+
+impl ViewPlan {
+    /// The draws in the order of the pipeline: crop, flip, jitter,
+    /// grayscale, blur, solarize.
+    pub fn draw(width: u32, height: u32, p: &ViewParams, rng: &mut impl Rng) -> ViewPlan {
+        let crop = crop_box(width, height, p.scale, p.ratio, rng);
+        let flipped = coin(rng, p.flip_p);
+        let jitter = coin(rng, p.jitter_p).then(|| Jitter::draw(p, rng));
+        let grayscale = coin(rng, p.grayscale_p);
+        let blur_sigma =
+            coin(rng, p.blur_p).then(|| uniform(rng, p.blur_sigma[0], p.blur_sigma[1]));
+        let solarize = coin(rng, p.solarize_p);
+        ViewPlan { crop, flipped, jitter, grayscale, blur_sigma, solarize }
+    }
+
+    /// The view at `size` x `size` of an image `width` x `height` (the one
+    /// the plan was drawn for), whose pixels `img` holds as `at` says.
+    pub fn render(
+        &self,
+        img: &RgbImage,
+        at: &Placement,
+        width: u32,
+        height: u32,
+        size: u32,
+    ) -> View {
+        let s = size as usize;
+        let mut px = vec![0f32; 3 * s * s];
+        to_planes(&resize_crop(img, at, &self.crop, size), s, self.flipped, &mut px);
+        if let Some(jitter) = &self.jitter {
+            jitter.apply(&mut px);
+        }
+        if self.grayscale {
+            grayscale(&mut px);
+        }
+        if let Some(sigma) = self.blur_sigma {
+            gaussian_blur(&mut px, s, sigma as f32);
+        }
+        if self.solarize {
+            solarize(&mut px);
+        }
+        normalize(&mut px);
+        View { pixels: px, coords: coords(&self.crop, width, height, self.flipped) }
+    }
+}
+
+/// The largest reduction (1, 2, 4 or 8) at which every crop still has at
+/// least `size` source pixels along each side, so the view is still made
+/// by shrinking: what PIL's `draft` mode asks of a JPEG decode.
+pub fn reduction(plans: &[ViewPlan], size: u32) -> u32 {
+    let smallest = plans.iter().map(|p| p.crop.width.min(p.crop.height)).min().unwrap_or(0);
+    REDUCTIONS.into_iter().rev().find(|&d| smallest >= d * size).unwrap_or(1)
 }
 
 /// One view of `img` at `size` x `size`: crop, flip, jitter, grayscale, blur,
 /// solarize, normalise, with the random draws in that order.
 pub fn make_view(img: &RgbImage, p: &ViewParams, size: u32, rng: &mut impl Rng) -> View {
     let (w, h) = img.dimensions();
-    let b = crop_box(w, h, p.scale, p.ratio, rng);
-    let flipped = coin(rng, p.flip_p);
-    let s = size as usize;
-    let mut px = vec![0f32; 3 * s * s];
-    to_planes(&resize_crop(img, &b, size), s, flipped, &mut px);
-    if coin(rng, p.jitter_p) {
-        color_jitter(&mut px, p, rng);
-    }
-    if coin(rng, p.grayscale_p) {
-        grayscale(&mut px);
-    }
-    if coin(rng, p.blur_p) {
-        let sigma = uniform(rng, p.blur_sigma[0], p.blur_sigma[1]);
-        gaussian_blur(&mut px, s, sigma as f32);
-    }
-    if coin(rng, p.solarize_p) {
-        solarize(&mut px);
-    }
-    normalize(&mut px);
-    View { pixels: px, coords: coords(&b, w, h, flipped) }
+    ViewPlan::draw(w, h, p, rng).render(img, &Placement::IDENTITY, w, h, size)
 }
 
 /// View 1 then view 2 of the same image, from one random stream.
 pub fn two_views(img: &RgbImage, cfg: &AugmentConfig, rng: &mut impl Rng) -> (View, View) {
-    let v1 = make_view(img, &cfg.view1, cfg.image_size, rng);
-    let v2 = make_view(img, &cfg.view2, cfg.image_size, rng);
-    (v1, v2)
+    let decoded = |_| Ok::<_, std::convert::Infallible>((img, Placement::IDENTITY));
+    let Ok(views) = two_views_decoded(img.width(), img.height(), cfg, rng, decoded);
+    views
+}
+
+/// [`two_views`] of an image of upright size `width` x `height` not yet
+/// decoded: both views are planned, then `decode` is asked for the image at
+/// the largest reduction both crops allow (1 when `cfg.reduced_decode` is
+/// off) and returns its pixels and where they sit, at that reduction or any
+/// smaller one. Both views come from that one decode, and the random
+/// stream, crops and coordinates are those of [`two_views`].
+pub fn two_views_decoded<I: std::borrow::Borrow<RgbImage>, E>(
+    width: u32,
+    height: u32,
+    cfg: &AugmentConfig,
+    rng: &mut impl Rng,
+    decode: impl FnOnce(u32) -> std::result::Result<(I, Placement), E>,
+) -> std::result::Result<(View, View), E> {
+    let plans = [
+        ViewPlan::draw(width, height, &cfg.view1, rng),
+        ViewPlan::draw(width, height, &cfg.view2, rng),
+    ];
+    let allowed = if cfg.reduced_decode { reduction(&plans, cfg.image_size) } else { 1 };
+    let (img, at) = decode(allowed)?;
+    let render = |p: &ViewPlan| p.render(img.borrow(), &at, width, height, cfg.image_size);
+    Ok((render(&plans[0]), render(&plans[1])))
 }
 
 #[cfg(test)]

@@ -55,7 +55,16 @@ pub struct DataReport {
     pub image_size: u32,
     pub batch_size: usize,
     pub workers: usize,
-    /// Timed batches (after one untimed, which includes the threads' start).
+    /// JPEGs decoded at a reduced size where the crops allow (the config's
+    /// `augment.reduced_decode`).
+    pub reduced_decode: bool,
+    pub images: usize,
+    /// Seconds to find and check every image (the scan `--data` starts
+    /// with) and start the loader.
+    pub scan_s: f64,
+    /// Seconds from then to the first batch.
+    pub first_batch_s: f64,
+    /// Timed batches (after the first, which includes the threads' start).
     pub batches: usize,
     /// Two-view samples per second, and per worker thread: with one worker,
     /// the throughput of one core.
@@ -74,16 +83,18 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Two-view samples per second of `loader` over `batches` batches, after
-/// one untimed batch.
-fn time_loader(loader: &Loader, data: &Path, batches: usize) -> Result<f64> {
+/// Seconds to the first batch of `loader`, and two-view samples per second
+/// over the `batches` batches after it.
+fn time_loader(loader: &Loader, data: &Path, batches: usize) -> Result<(f64, f64)> {
+    let start = Instant::now();
     let mut it = loader.iter_from(0, 0);
     let first = it.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
+    let first_s = start.elapsed().as_secs_f64();
     let t0 = Instant::now();
     for _ in 0..batches {
         it.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
     }
-    Ok((batches * first.indices.len()) as f64 / t0.elapsed().as_secs_f64())
+    Ok((first_s, (batches * first.indices.len()) as f64 / t0.elapsed().as_secs_f64()))
 }
 
 /// Times the loader of `cfg` alone over `batches` batches: no model is
@@ -93,13 +104,19 @@ pub fn data_only(cfg: &Config, data: &Path, batches: usize) -> Result<DataReport
     if batches == 0 {
         return Err(Error::config("--steps", "must be at least 1"));
     }
+    let start = Instant::now();
     let loader = open_loader(cfg, data, tch::get_num_threads().max(1) as usize, tch::Device::Cpu)?;
+    let scan_s = start.elapsed().as_secs_f64();
     let workers = loader.workers();
-    let data_images_per_sec = time_loader(&loader, data, batches)?;
+    let (first_batch_s, data_images_per_sec) = time_loader(&loader, data, batches)?;
     Ok(DataReport {
         image_size: cfg.augment.image_size,
         batch_size: cfg.train.batch_size,
         workers,
+        reduced_decode: cfg.augment.reduced_decode,
+        images: loader.images(),
+        scan_s,
+        first_batch_s,
         batches,
         data_images_per_sec,
         data_images_per_sec_per_worker: data_images_per_sec / workers as f64,
@@ -122,7 +139,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
     let loader = open_loader(cfg, data, torch_threads.max(1) as usize, device)?;
     let workers = loader.workers();
 
-    let data_images_per_sec = time_loader(&loader, data, steps)?;
+    let (_, data_images_per_sec) = time_loader(&loader, data, steps)?;
 
     let mut trainer = Trainer::new(cfg, loader.batches_per_epoch(), device)?;
     let mut batches = loader.iter_from(0, 0);
