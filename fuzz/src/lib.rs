@@ -2,16 +2,15 @@
 //! stable test suite (`tests/robust.rs`) runs the same checks over the seed
 //! corpus and mutations of it. Each returns quietly or panics, which is how a
 //! fuzzer is told that it found something.
-use std::io::Cursor;
-
-use image::metadata::Orientation;
-use image::{ImageDecoder, ImageReader};
-use pixpro::data::dataset::{decode_rgb, MAX_MEGAPIXELS};
+use pixpro::data::dataset::{decode_rgb, Opened, MAX_MEGAPIXELS};
 use pixpro::train::config::{Config, Preset};
 
 /// Any bytes given to the loader's decoder: an error, or an RGB8 image of
-/// the size its header claims (turned as its EXIF orientation says), never
-/// empty and never over the pixel limit.
+/// the upright size its header promised (the size both views' crops are
+/// drawn on before decoding), never empty and never over the pixel limit;
+/// and at every reduction, the promised size divided and rounded up (the
+/// pixels the crops' placement assumes), or the whole image if it is not a
+/// JPEG libjpeg decodes.
 pub fn check_image(bytes: &[u8]) {
     let Ok(img) = decode_rgb(bytes) else { return };
     let (w, h) = img.dimensions();
@@ -21,25 +20,15 @@ pub fn check_image(bytes: &[u8]) {
         "decoded {w} x {h}, over the {MAX_MEGAPIXELS} MP limit"
     );
     assert_eq!(img.as_raw().len(), w as usize * h as usize * 3, "buffer does not fit {w} x {h}");
-
-    let mut decoder = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .and_then(|r| r.into_decoder().map_err(std::io::Error::other))
-        .unwrap_or_else(|e| panic!("decoded, yet the header alone cannot be read: {e}"));
-    let (stored_w, stored_h) = decoder.dimensions();
-    let turned = matches!(
-        decoder.orientation().unwrap_or(Orientation::NoTransforms),
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    );
-    let claimed = if turned { (stored_h, stored_w) } else { (stored_w, stored_h) };
-    assert_eq!(
-        (w, h),
-        claimed,
-        "decoded size differs from the header's (stored {stored_w} x {stored_h}, turned: {turned})"
-    );
+    let promised = Opened::new(bytes)
+        .unwrap_or_else(|e| panic!("decoded, yet the header alone cannot be read: {e}"))
+        .dimensions();
+    assert_eq!((w, h), promised, "decoded size differs from the header's");
+    for d in [2, 4, 8] {
+        let Ok((small, at)) = Opened::new(bytes).and_then(|o| o.decode(d)) else { continue };
+        let want = if at.scale == 1.0 { (w, h) } else { (w.div_ceil(d), h.div_ceil(d)) };
+        assert_eq!(small.dimensions(), want, "size at 1/{d}");
+    }
 }
 
 /// Any text given as a config file: an error, or a config that, when it
