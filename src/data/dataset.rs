@@ -350,7 +350,7 @@ impl<'a> Opened<'a> {
     pub fn dimensions(&self) -> (u32, u32) {
         match &self.kind {
             Kind::Jpeg { stored: (w, h), orientation } => {
-                if turns(*orientation) {
+                if jpeg::turns(*orientation) {
                     (*h, *w)
                 } else {
                     (*w, *h)
@@ -372,14 +372,8 @@ impl<'a> Opened<'a> {
         let at = Placement::of(denom, stored, img.dimensions(), orientation);
         let mut img = DynamicImage::ImageRgb8(img);
         img.apply_orientation(orientation);
-        let DynamicImage::ImageRgb8(rgb) = img else { unreachable!("orientation keeps RGB8") };
-        Ok((rgb, at))
+        Ok((img.into_rgb8(), at))
     }
-}
-
-fn turns(o: Orientation) -> bool {
-    use Orientation::*;
-    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
 /// Any format `image` reads, to RGB8 with its EXIF orientation applied.
@@ -395,10 +389,7 @@ fn decode_with_image_crate(
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
-    Ok(match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    })
+    Ok(img.into_rgb8())
 }
 
 #[cfg(test)]

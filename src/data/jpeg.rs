@@ -217,6 +217,12 @@ fn display_axes(o: Orientation) -> [(bool, bool); 2] {
     }
 }
 
+/// Whether orientation `o` is a quarter turn, so that the upright image's
+/// width is the stored height.
+pub fn turns(o: Orientation) -> bool {
+    display_axes(o)[0].0
+}
+
 /// How a reduced decode's pixels sit on the full-size upright image: pixel
 /// edge `u` of the full image (in pixels, along an axis) is at
 /// `u * scale + offset[axis]` in the reduced one.

@@ -160,12 +160,12 @@ impl Loader {
         self.shared.batches_per_epoch
     }
 
-    /// Worker threads making batches.
     /// Images in the data set (all ranks').
     pub fn images(&self) -> usize {
         self.shared.dataset.len()
     }
 
+    /// Worker threads making batches.
     pub fn workers(&self) -> usize {
         self.shared.cfg.workers
     }
