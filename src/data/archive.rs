@@ -177,17 +177,9 @@ impl Seek for Reopen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
+    use crate::data::testing::png;
     use std::io::{Cursor, Write};
     use zip::write::SimpleFileOptions;
-
-    fn png(w: u32) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        RgbImage::from_pixel(w, 5, Rgb([1, 2, 3]))
-            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .unwrap();
-        bytes
-    }
 
     fn zip_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));

@@ -24,3 +24,20 @@ pub mod jpeg;
 pub mod views;
 pub mod photometric;
 pub mod loader;
+
+/// Small encoded images for the readers' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::Cursor;
+
+    use image::{Rgb, RgbImage};
+
+    /// A `width` x 5 PNG of one colour.
+    pub(crate) fn png(width: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        RgbImage::from_pixel(width, 5, Rgb([1, 2, 3]))
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .expect("a PNG encodes into memory");
+        bytes
+    }
+}

@@ -238,16 +238,7 @@ pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
-    use std::io::Cursor;
-
-    fn png(w: u32) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        RgbImage::from_pixel(w, 5, Rgb([1, 2, 3]))
-            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .unwrap();
-        bytes
-    }
+    use crate::data::testing::png;
 
     /// A tar of `(name, bytes)` members, as WebDataset's writer makes them.
     pub(crate) fn tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {

@@ -14,8 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::plan::{Group, Job, Plan};
-use super::report::mean_std;
-use super::results::JobResult;
+use super::results::{mean_std, JobResult};
 use crate::plots::{plot_bands, Band};
 use crate::{Error, Result};
 

@@ -29,6 +29,6 @@ pub mod losses;
 pub mod runner;
 
 pub use plan::{method_names, Group, Job, Plan, Row};
-pub use report::{markdown, mean_std, summarize, RowSummary};
+pub use report::{markdown, summarize, RowSummary};
 pub use results::{finished_ids, missing_protocols, read_results, Hardware, JobResult};
 pub use runner::{run, RunReport, RunnerOptions};

@@ -7,23 +7,11 @@ use std::path::Path;
 
 use super::losses::loss_section;
 use super::plan::{Group, Plan, Row};
-use super::results::JobResult;
+use super::results::{mean_std, JobResult};
 use crate::files::write_atomically;
 use crate::plots::{plot_bars, Bar, BarPanel};
 use crate::transfer::evaluate::Protocol;
 use crate::Result;
-
-/// Mean and sample standard deviation (`None` below two values).
-pub fn mean_std(xs: &[f64]) -> (Option<f64>, Option<f64>) {
-    if xs.is_empty() {
-        return (None, None);
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let std = (xs.len() > 1)
-        .then(|| (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
-    (Some(mean), std)
-}
 
 /// A row of a report table, over the seeds finished so far.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,8 @@
 //! What the grid records: one [`JobResult`] per finished job in
 //! `results.json`, rewritten whole (atomically) after every job or
-//! evaluation, and the check that recorded jobs were run with the plan's
-//! budget and recipes.
+//! evaluation, the check that recorded jobs were run with the plan's
+//! budget and recipes, and the mean and spread over seeds that the report
+//! and its loss section both show.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -12,6 +13,18 @@ use crate::files::write_atomically;
 use crate::transfer::evaluate::{Evaluation, Protocol};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};
+
+/// Mean and sample standard deviation (`None` below two values).
+pub fn mean_std(xs: &[f64]) -> (Option<f64>, Option<f64>) {
+    if xs.is_empty() {
+        return (None, None);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let std = (xs.len() > 1)
+        .then(|| (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    (Some(mean), std)
+}
 
 /// The machine a job ran on, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
