@@ -2,6 +2,9 @@
 // the CUDA one only. Autocast state is per thread; callers enter and leave on
 // the thread that runs the forward pass.
 #include <ATen/autocast_mode.h>
+#ifdef PIXPRO_NCCL
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 extern "C" {
 
@@ -26,6 +29,27 @@ void pixpro_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
   }
   at::autocast::set_autocast_enabled(device, prev_enabled != 0);
   at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
+}
+
+// Writes CUDA device `index`'s compute capability and returns 1, or returns
+// 0 where this build has no CUDA headers (PIXPRO_NCCL, see build.rs) or the
+// device cannot be asked.
+int pixpro_cuda_capability(int index, int* major, int* minor) {
+#ifdef PIXPRO_NCCL
+  try {
+    const auto* prop = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index));
+    *major = prop->major;
+    *minor = prop->minor;
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+#else
+  (void)index;
+  (void)major;
+  (void)minor;
+  return 0;
+#endif
 }
 
 }  // extern "C"

@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pixpro::model::precision::Precision;
 use pixpro::train::config::Config;
 use pixpro::train::pretrain;
+use tch::Device;
 
 mod common;
 use common::{check_events, make_images, options, tensors, TINY};
@@ -19,7 +21,9 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("images");
     make_images(&data, 12);
-    let cfg = tiny_config();
+    // Under `auto`, as users run it: the saved config holds what it chose.
+    let mut cfg = tiny_config();
+    cfg.train.precision = Precision::Auto;
 
     let straight = tmp.path().join("straight");
     let s = pretrain(&cfg, &options(&data, &straight, None)).unwrap();
@@ -41,6 +45,8 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     // The weights really moved, so equality above is not trivially true.
     let init = tensors(&split.join("checkpoints/step-0000003.safetensors"));
     assert!(init.iter().zip(&a).any(|((_, t0), (_, t1))| !t0.equal(t1)));
+    let saved = Config::from_toml_file(&split.join("config.toml"), &Config::default()).unwrap();
+    assert_eq!(saved.train.precision, Precision::Auto.resolve(Device::Cpu).0);
 }
 
 #[test]

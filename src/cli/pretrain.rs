@@ -41,8 +41,10 @@ pub(super) struct PretrainArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Arithmetic of the networks' forward passes: fp32, or bf16 autocast
-    /// (faster where the CPU or GPU has bfloat16 units) [default: fp32].
+    /// Arithmetic of the networks' forward passes: fp32, bf16 autocast
+    /// (faster where the CPU or GPU has bfloat16 units), or auto (bf16
+    /// where the hardware computes it natively, fp32 elsewhere; the run
+    /// keeps what it chose) [default: fp32].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     #[command(flatten)]
@@ -130,6 +132,10 @@ impl PretrainArgs {
         let mut cfg = self.config.over(base)?;
         self.apply_recipe_flags(&mut cfg);
         let t = &saved.train;
+        // The saved precision is what `auto` chose when the run began.
+        if cfg.train.precision == Precision::Auto {
+            cfg.train.precision = t.precision;
+        }
         cfg.train.workers = t.workers;
         cfg.train.prefetch = t.prefetch;
         cfg.train.threads = t.threads;

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 extern "C" {
     fn pixpro_autocast_enter(cuda: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int);
     fn pixpro_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_dtype: c_int);
+    fn pixpro_cuda_capability(index: c_int, major: *mut c_int, minor: *mut c_int) -> c_int;
 }
 
 /// The arithmetic of the networks' forward passes.
@@ -25,6 +26,12 @@ pub enum Precision {
     Fp32,
     /// bfloat16 autocast for the encoders and projectors.
     Bf16,
+    /// bf16 where the hardware computes bfloat16 natively (a CPU with
+    /// AVX-512 BF16 or AMX, a CUDA device of compute capability 8.0 or
+    /// later), fp32 elsewhere, where bf16 is emulated and slower. Resolved
+    /// once when a run starts ([`Precision::resolve`]); the run's config
+    /// keeps the result, so a resumed run computes as it began.
+    Auto,
 }
 
 impl Precision {
@@ -32,8 +39,52 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
+            Precision::Auto => "auto",
         }
     }
+
+    /// fp32 or bf16 on `device`, with why in words (for the start of a
+    /// run); fp32 and bf16 stay as asked.
+    pub fn resolve(self, device: Device) -> (Precision, String) {
+        match self {
+            Precision::Fp32 | Precision::Bf16 => (self, format!("{} as asked", self.name())),
+            Precision::Auto => match device {
+                Device::Cuda(index) => match cuda_capability(index) {
+                    Some((major, minor)) if major >= 8 => (
+                        Precision::Bf16,
+                        format!("auto: bf16, CUDA compute capability {major}.{minor} computes it natively"),
+                    ),
+                    Some((major, minor)) => (
+                        Precision::Fp32,
+                        format!("auto: fp32, CUDA compute capability {major}.{minor} is below 8.0, where bf16 is emulated"),
+                    ),
+                    None => (
+                        Precision::Fp32,
+                        "auto: fp32, this build cannot read the CUDA device's compute capability".into(),
+                    ),
+                },
+                _ => match cpu_bf16_units() {
+                    Some(unit) => (Precision::Bf16, format!("auto: bf16, the CPU has {unit}")),
+                    None => (
+                        Precision::Fp32,
+                        "auto: fp32, the CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)"
+                            .into(),
+                    ),
+                },
+            },
+        }
+    }
+}
+
+/// The compute capability (major, minor) of CUDA device `index`, or `None`
+/// where this build has no CUDA headers (`csrc/autocast.cpp`) or the device
+/// cannot be asked.
+pub fn cuda_capability(index: usize) -> Option<(i32, i32)> {
+    let index = c_int::try_from(index).ok()?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain integers in and out; the C++ side catches what it throws.
+    let known = unsafe { pixpro_cuda_capability(index, &mut major, &mut minor) };
+    (known != 0).then_some((major, minor))
 }
 
 /// The CPU's bfloat16 units as `/proc/cpuinfo` names them (`amx_bf16`,
@@ -77,6 +128,7 @@ impl Drop for Autocast {
 pub fn run(precision: Precision, device: Device, forward: impl FnOnce() -> Tensor) -> Tensor {
     match precision {
         Precision::Fp32 => forward(),
+        Precision::Auto => run(precision.resolve(device).0, device, forward),
         Precision::Bf16 => {
             let out = {
                 let _on = Autocast::enter(device);
@@ -96,6 +148,23 @@ mod tests {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         nn::conv2d(vs.root(), 8, 16, 3, Default::default())
+    }
+
+    #[test]
+    fn auto_is_bf16_only_where_the_hardware_has_it() {
+        for p in [Precision::Fp32, Precision::Bf16] {
+            assert_eq!(p.resolve(Device::Cpu).0, p);
+        }
+        let (cpu, why) = Precision::Auto.resolve(Device::Cpu);
+        let native = cpu_bf16_units().is_some();
+        assert_eq!(cpu, if native { Precision::Bf16 } else { Precision::Fp32 }, "{why}");
+        if !tch::Cuda::is_available() {
+            assert_eq!(cuda_capability(0), None);
+            assert_eq!(Precision::Auto.resolve(Device::Cuda(0)).0, Precision::Fp32);
+        } else if let Some((major, _)) = cuda_capability(0) {
+            let want = if major >= 8 { Precision::Bf16 } else { Precision::Fp32 };
+            assert_eq!(Precision::Auto.resolve(Device::Cuda(0)).0, want);
+        }
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
         image_size: cfg.augment.image_size,
         batch_size: cfg.train.batch_size,
         output_stride: cfg.model.output_stride,
-        precision: cfg.train.precision.name(),
+        precision: cfg.train.precision.resolve(device).0.name(),
         device: format!("{device:?}"),
         torch_threads,
         workers,

@@ -97,8 +97,10 @@ pub struct TrainConfig {
     /// Append a line to metrics.jsonl every N steps.
     pub log_every: u64,
     pub device: DeviceChoice,
-    /// `"fp32"` or `"bf16"`: bfloat16 autocast for the encoders' and
-    /// projectors' forward passes (see `precision`). fp32 unless asked for.
+    /// `"fp32"`, `"bf16"` (bfloat16 autocast for the encoders' and
+    /// projectors' forward passes, see `precision`) or `"auto"` (bf16 where
+    /// the hardware computes it natively, fp32 elsewhere; a run's saved
+    /// config holds what it chose). fp32 unless asked for.
     pub precision: Precision,
     /// Stop the run after this many consecutive steps skipped for a
     /// non-finite loss or gradient (a single bad batch is skipped and the
@@ -367,10 +369,12 @@ mod tests {
         }
         let c = Config::from_toml_str("[train]\nprecision = \"bf16\"\n", &Config::default());
         assert_eq!(c.unwrap().train.precision, Precision::Bf16);
+        let c = Config::from_toml_str("[train]\nprecision = \"auto\"\n", &Config::default());
+        assert_eq!(c.unwrap().train.precision, Precision::Auto);
         let err = Config::from_toml_str("[train]\nprecision = \"fp16\"\n", &Config::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
+        assert!(err.contains("fp16") && err.contains("bf16") && err.contains("auto"), "{err}");
     }
 
     #[test]

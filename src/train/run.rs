@@ -78,6 +78,15 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
     let started = Instant::now();
     let (device, group) = Run::connect(cfg)?;
+    // config.toml and the checkpoints keep the precision `auto` chose, so
+    // that a resume, even on other hardware, computes as the run began.
+    let (precision, why) = cfg.train.precision.resolve(device);
+    if group.as_ref().is_none_or(|g| g.rank() == 0) {
+        tracing::info!("precision {why}");
+    }
+    let mut resolved = cfg.clone();
+    resolved.train.precision = precision;
+    let cfg = &resolved;
     // Rank 0 owns the run directory; the other ranks never write it.
     let _owner = match group.as_ref().map_or(0, |g| g.rank()) {
         0 => Some(DirLock::acquire(&opts.run.root)?),

@@ -92,7 +92,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         tch::manual_seed(cfg.train.seed as i64);
         let mut model = PixPro::new(cfg.model.clone(), device)?;
-        model.precision = cfg.train.precision;
+        model.precision = cfg.train.precision.resolve(device).0;
         if cfg.train.precision == Precision::Bf16
             && !device.is_cuda()
             && precision::cpu_bf16_units().is_none()
