@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pixpro::tools::experiment::{
-    markdown, read_results, run, Hardware, JobResult, Plan, RunnerOptions,
+    markdown, read_results, run, write_report, Hardware, JobResult, Plan, RunnerOptions,
 };
 use pixpro::transfer::probe::ProbeConfig;
 
@@ -219,6 +219,88 @@ fn ablation_jobs_run_seed_major_across_ablations() {
 }
 
 #[test]
+fn step_ablations_of_several_methods_make_the_compute_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["data/pretrain", "data/voc"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    // Two ablations of one key and method make one table (long runs are
+    // often wanted at fewer seeds than short ones).
+    let steps = "[[ablation]]\nkey = \"train.steps\"\nvalues = [2, 3]\nseeds = [0]\n\
+                 methods = [\"pixpro\", \"byol\"]\n\n\
+                 [[ablation]]\nkey = \"train.steps\"\nvalues = [4]\nseeds = [0]\n";
+    let plan = Plan::load(&write_plan(dir.path(), steps)).unwrap();
+    let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    // 3 steps is the plan's: pixpro's is the Methods job, byol's its own.
+    assert_eq!(
+        ids,
+        [
+            "random-s0",
+            "pixpro-s0",
+            "random-s1",
+            "pixpro-s1",
+            "pixpro-steps=2-s0",
+            "byol-steps=2-s0",
+            "byol-s0",
+            "pixpro-steps=4-s0",
+        ]
+    );
+    let titles: Vec<&str> = plan.groups.iter().map(|g| g.title.as_str()).collect();
+    assert_eq!(
+        titles,
+        ["Methods", "Ablation of train.steps (pixpro)", "Ablation of train.steps (byol)"]
+    );
+    let labels: Vec<&str> = plan.groups[1].rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, ["2", "3 (default)", "4"]);
+    let byol = plan.jobs.iter().find(|j| j.id == "byol-s0").unwrap();
+    assert_eq!(byol.config.model.method.name(), "byol");
+
+    let with_steps = |id: &str, method: &str, seed: u64, miou: f64, steps: u64| JobResult {
+        steps,
+        ..result(id, method, seed, miou, Some(10.0))
+    };
+    let results = vec![
+        result("random-s0", "random", 0, 0.20, None),
+        result("random-s1", "random", 1, 0.24, None),
+        with_steps("pixpro-s0", "pixpro", 0, 0.35, 3),
+        with_steps("pixpro-s1", "pixpro", 1, 0.45, 3),
+        with_steps("pixpro-steps=2-s0", "pixpro", 0, 0.30, 2),
+        with_steps("byol-steps=2-s0", "byol", 0, 0.28, 2),
+        with_steps("byol-s0", "byol", 0, 0.33, 3),
+        with_steps("pixpro-steps=4-s0", "pixpro", 0, 0.50, 4),
+    ];
+    let out = dir.path().join("out");
+    // The Methods rows' loss curves, which the report draws too.
+    for id in ["pixpro-s0", "pixpro-s1"] {
+        std::fs::create_dir_all(out.join("jobs").join(id)).unwrap();
+        let line = "{\"step\": 3, \"loss_avg\": -0.5}\n";
+        std::fs::write(out.join("jobs").join(id).join("metrics.jsonl"), line).unwrap();
+    }
+    write_report(&plan, &results, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let section = &md[md.find("## Quality against compute").expect("a compute section")..];
+    assert!(section.contains("| 2 | pixpro − random | 1 | +0.1000 |"), "{section}");
+    assert!(section.contains("| 2 | byol − random | 1 | +0.0800 |"), "{section}");
+    assert!(section.contains("| 2 | pixpro − byol | 1 | +0.0200 |"), "{section}");
+    // Seeds 0 and 1: 0.15 and 0.21, sample std 0.0424.
+    assert!(section.contains("| 3 | pixpro − random | 2 | +0.1800 ± 0.0424 |"), "{section}");
+    assert!(section.contains("| 4 | pixpro − random | 1 | +0.3000 |"), "{section}");
+    assert!(!section.contains("| 4 | byol"), "{section}");
+    // One panel: the plan measures the probe only.
+    let png = image::open(out.join("compute.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (960, 360));
+
+    // A recorded job must have run the steps its id stands for.
+    let mut wrong = results.clone();
+    wrong[4].steps = 3;
+    let file = out.join("results.json");
+    std::fs::write(&file, serde_json::to_string(&wrong).unwrap()).unwrap();
+    let opts = RunnerOptions { out: out.clone(), results: file, max_jobs: Some(0), quiet: true };
+    let e = run(&plan, &opts).unwrap_err().to_string();
+    assert!(e.contains("pixpro-steps=2-s0") && e.contains("asks for 2"), "{e}");
+}
+
+#[test]
 fn the_report_gives_mean_and_sample_std_over_seeds() {
     let dir = tempfile::tempdir().unwrap();
     for part in ["data/pretrain", "data/voc"] {
@@ -264,6 +346,10 @@ fn plan_errors_name_the_key_and_the_file() {
     assert!(e.contains("model.threshold"), "{e}");
     let e = err("[[ablation]]\nkey = \"model.threshold\"\nvalues = [1.0]\nvalue = 2\n");
     assert!(e.contains("`value`"), "{e}");
+    let e = err("[[ablation]]\nkey = \"train.steps\"\nvalues = [9]\nmethods = [\"random\"]\n");
+    assert!(e.contains("ablation[0].methods") && e.contains("not pretrained"), "{e}");
+    let e = err("[[ablation]]\nkey = \"train.seed\"\nvalues = [9]\n");
+    assert!(e.contains("ablation[0].key"), "{e}");
     let path = write_plan(dir.path(), "");
     let text = std::fs::read_to_string(&path).unwrap();
     let bad_method = text.replace("\"random\", \"pixpro\"", "\"random\", \"byoll\"");

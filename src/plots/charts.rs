@@ -78,25 +78,78 @@ struct Series {
     band: Vec<(f64, f64, f64)>,
 }
 
+/// The x axis of a line chart: what it counts, and whether it is drawn on
+/// a log scale (for quantities that grow by factors, such as compute).
+#[derive(Debug, Clone, Copy)]
+pub struct XAxis<'a> {
+    pub label: &'a str,
+    pub log: bool,
+}
+
+impl XAxis<'static> {
+    pub const STEPS: XAxis<'static> = XAxis { label: "step", log: false };
+}
+
+/// A count as a short tick label: 8000 as 8k, 2500000 as 2.5M.
+fn compact(v: f64) -> String {
+    let (scaled, unit) = match v.abs() {
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    let text = format!("{scaled:.2}");
+    format!("{}{unit}", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// Ticks at 1, 2 and 5 times the powers of ten within `[lo, hi]`, both in
+/// log10 units, with their labels; the two ends where fewer than two fall
+/// inside.
+fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
+    let mut out = Vec::new();
+    for k in lo.floor() as i32..=hi.ceil() as i32 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powi(k);
+            let at = v.log10();
+            if at >= lo && at <= hi {
+                out.push((at, compact(v)));
+            }
+        }
+    }
+    if out.len() < 2 {
+        out = [lo, hi].iter().map(|&at| (at, compact(10f64.powf(at)))).collect();
+    }
+    out
+}
+
 /// One line chart in the box at (x, y) of size w x h: title top left, legend
-/// top right, y tick labels on the left, step ticks and "step" below.
-fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, series: &[Series]) {
+/// top right, y tick labels on the left, x ticks and the axis label below.
+fn chart(
+    img: &mut RgbImage,
+    (x, y, w, h): (f32, f32, f32, f32),
+    title: &str,
+    axis: XAxis,
+    series: &[Series],
+) {
     let (px0, px1, py0, py1) = (x + 80.0, x + w - 20.0, y + 30.0, y + h - 44.0);
+    let at = |v: f64| if axis.log { v.max(f64::MIN_POSITIVE).log10() } else { v };
     let all = || {
         series.iter().flat_map(|s| {
             let band = s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]);
             s.points.iter().copied().chain(band)
         })
     };
-    let (x_lo, x_hi) = padded_range(all().map(|p| p.0));
-    // Steps are whole numbers: a single step still gets a range of 2.
-    let (x_lo, x_hi) = if x_hi - x_lo < 2.0 {
-        ((x_lo + x_hi) / 2.0 - 1.0, (x_lo + x_hi) / 2.0 + 1.0)
+    let (x_lo, x_hi) = padded_range(all().map(|p| at(p.0)));
+    // Steps are whole numbers: a single step still gets a range of 2 (a
+    // factor of 4 on a log axis).
+    let min_range = if axis.log { 0.6 } else { 2.0 };
+    let (x_lo, x_hi) = if x_hi - x_lo < min_range {
+        ((x_lo + x_hi - min_range) / 2.0, (x_lo + x_hi + min_range) / 2.0)
     } else {
         (x_lo, x_hi)
     };
     let (y_lo, y_hi) = padded_range(all().map(|p| p.1));
-    let sx = |v: f64| px0 + ((v - x_lo) / (x_hi - x_lo)) as f32 * (px1 - px0);
+    let sx = |v: f64| px0 + ((at(v) - x_lo) / (x_hi - x_lo)) as f32 * (px1 - px0);
+    let sx_at = |a: f64| px0 + ((a - x_lo) / (x_hi - x_lo)) as f32 * (px1 - px0);
     let sy = |v: f64| py1 - ((v - y_lo) / (y_hi - y_lo)) as f32 * (py1 - py0);
 
     let (yt, ystep) = ticks(y_lo, y_hi, 5);
@@ -107,22 +160,26 @@ fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, se
         let lw = text_width(LABEL_PX, &label);
         text(img, px0 - 6.0 - lw, ty - LABEL_PX * 0.6, LABEL_PX, BLACK, &label);
     }
-    let (xt, xstep) = ticks(x_lo, x_hi, 8);
-    for v in xt {
-        let tx = sx(v);
+    let x_ticks = if axis.log {
+        log_ticks(x_lo, x_hi)
+    } else {
+        let (xt, xstep) = ticks(x_lo, x_hi, 8);
+        xt.into_iter().map(|v| (v, tick_label(v, xstep.max(1.0)))).collect()
+    };
+    for (v, label) in x_ticks {
+        let tx = sx_at(v);
         segment(img, (tx, py0), (tx, py1), GRID, 1.0, None);
-        let label = tick_label(v, xstep.max(1.0));
         let lw = text_width(LABEL_PX, &label);
         text(img, tx - lw / 2.0, py1 + 4.0, LABEL_PX, BLACK, &label);
     }
     rect(img, (px0, py0), (px1, py1), FRAME, 1.0, None);
     text(
         img,
-        (px0 + px1) / 2.0 - text_width(LABEL_PX, "step") / 2.0,
+        (px0 + px1) / 2.0 - text_width(LABEL_PX, axis.label) / 2.0,
         py1 + 22.0,
         LABEL_PX,
         BLACK,
-        "step",
+        axis.label,
     );
     text(img, px0, y + 6.0, TITLE_PX, BLACK, title);
 
@@ -154,8 +211,12 @@ fn chart(img: &mut RgbImage, (x, y, w, h): (f32, f32, f32, f32), title: &str, se
             let b = (sx(pair[1].0), sy(pair[1].1));
             segment(img, a, b, s.colour, s.width, None);
         }
-        if let [only] = s.points.as_slice() {
-            disc(img, sx(only.0), sy(only.1), 2.0, s.colour);
+        // Few points are measurements worth marking (a lone one would
+        // not show at all); many are a curve.
+        if s.points.len() <= 16 {
+            for p in &s.points {
+                disc(img, sx(p.0), sy(p.1), 3.0, s.colour);
+            }
         }
     }
 
@@ -196,9 +257,11 @@ pub fn plot_training(metrics_jsonl: &Path, out_png: &Path) -> Result<()> {
     let (w, h) = (960u32, 900u32);
     let mut img = RgbImage::from_pixel(w, h, WHITE);
     let panel = h as f32 / 3.0;
-    chart(&mut img, (0.0, 0.0, w as f32, panel), "loss", &loss);
-    chart(&mut img, (0.0, panel, w as f32, panel), "learning rate", &lr);
-    chart(&mut img, (0.0, 2.0 * panel, w as f32, panel), "momentum (target EMA tau)", &momentum);
+    let steps = XAxis::STEPS;
+    chart(&mut img, (0.0, 0.0, w as f32, panel), "loss", steps, &loss);
+    chart(&mut img, (0.0, panel, w as f32, panel), "learning rate", steps, &lr);
+    let title = "momentum (target EMA tau)";
+    chart(&mut img, (0.0, 2.0 * panel, w as f32, panel), title, steps, &momentum);
     save_png(&img, out_png)
 }
 
@@ -210,25 +273,49 @@ pub struct Band {
     pub points: Vec<(f64, f64, f64, f64)>,
 }
 
-/// Curves over steps with shaded bands (the spread over seeds, say), one
-/// colour per [`Band`], in a 960 x 420 PNG; `title` above.
-pub fn plot_bands(title: &str, bands: &[Band], out_png: &Path) -> Result<()> {
-    const COLOURS: [[u8; 3]; 5] =
-        [[20, 70, 160], [200, 90, 20], [30, 140, 60], [150, 40, 150], [90, 90, 90]];
-    let series: Vec<Series> = bands
+const BAND_COLOURS: [[u8; 3]; 5] =
+    [[20, 70, 160], [200, 90, 20], [30, 140, 60], [150, 40, 150], [90, 90, 90]];
+
+fn band_series(bands: &[Band]) -> Vec<Series> {
+    bands
         .iter()
         .enumerate()
         .map(|(i, b)| Series {
             name: b.label.clone(),
-            colour: Rgb(COLOURS[i % COLOURS.len()]),
+            colour: Rgb(BAND_COLOURS[i % BAND_COLOURS.len()]),
             width: 2.0,
             points: b.points.iter().map(|&(x, m, _, _)| (x, m)).collect(),
             band: b.points.iter().map(|&(x, _, lo, hi)| (x, lo, hi)).collect(),
         })
-        .collect();
+        .collect()
+}
+
+/// Curves over steps with shaded bands (the spread over seeds, say), one
+/// colour per [`Band`], in a 960 x 420 PNG; `title` above.
+pub fn plot_bands(title: &str, bands: &[Band], out_png: &Path) -> Result<()> {
     let (w, h) = (960u32, 420u32);
     let mut img = RgbImage::from_pixel(w, h, WHITE);
-    chart(&mut img, (0.0, 0.0, w as f32, h as f32), title, &series);
+    chart(&mut img, (0.0, 0.0, w as f32, h as f32), title, XAxis::STEPS, &band_series(bands));
+    save_png(&img, out_png)
+}
+
+/// A titled chart of [`plot_band_panels`].
+pub struct BandPanel {
+    pub title: String,
+    pub bands: Vec<Band>,
+}
+
+/// Charts of curves with shaded bands stacked in a PNG 960 px wide, 360 px
+/// a panel, all on one x axis; a [`Band`] keeps its colour from panel to
+/// panel by its place in the list.
+pub fn plot_band_panels(panels: &[BandPanel], axis: XAxis, out_png: &Path) -> Result<()> {
+    const PANEL_H: f32 = 360.0;
+    let (w, h) = (960u32, (PANEL_H * panels.len().max(1) as f32) as u32);
+    let mut img = RgbImage::from_pixel(w, h, WHITE);
+    for (i, panel) in panels.iter().enumerate() {
+        let frame = (0.0, i as f32 * PANEL_H, w as f32, PANEL_H);
+        chart(&mut img, frame, &panel.title, axis, &band_series(&panel.bands));
+    }
     save_png(&img, out_png)
 }
 
@@ -357,6 +444,49 @@ mod tests {
         let err = plot_training(&path, &dir.path().join("t.png")).unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl") && err.contains("line 4"), "{err}");
         assert!(err.contains("momentum"), "{err}");
+    }
+
+    #[test]
+    fn log_ticks_fall_on_one_two_five_and_read_short() {
+        let t = log_ticks(3000f64.log10(), 600_000f64.log10());
+        let labels: Vec<&str> = t.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["5k", "10k", "20k", "50k", "100k", "200k", "500k"]);
+        assert!((t[0].0 - 5000f64.log10()).abs() < 1e-12);
+        assert_eq!(compact(2_500_000.0), "2.5M");
+        assert_eq!(compact(512.0), "512");
+        // Too narrow for two such ticks: the ends are labelled.
+        assert_eq!(log_ticks(3.1, 3.2).len(), 2);
+    }
+
+    #[test]
+    fn band_panels_draw_each_panel_in_its_own_box() {
+        let dir = tempfile::tempdir().unwrap();
+        let band = |label: &str, y: f64| Band {
+            label: label.into(),
+            points: [8000.0, 32000.0, 128000.0]
+                .iter()
+                .map(|&x| (x, y, y - 0.01, y + 0.01))
+                .collect(),
+        };
+        let panels = [
+            BandPanel { title: "probe".into(), bands: vec![band("pixpro", 0.2)] },
+            BandPanel {
+                title: "retrieval".into(),
+                bands: vec![band("pixpro", 0.1), band("byol", 0.3)],
+            },
+        ];
+        let out = dir.path().join("c.png");
+        plot_band_panels(&panels, XAxis { label: "images seen", log: true }, &out).unwrap();
+        let img = image::open(&out).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (960, 720));
+        let in_panel = |lo: u32, hi: u32, c: [u8; 3]| {
+            img.enumerate_pixels().filter(|(_, y, p)| (lo..hi).contains(y) && **p == Rgb(c)).count()
+        };
+        // pixpro's colour in both panels, byol's only in the second.
+        assert!(in_panel(0, 360, BAND_COLOURS[0]) > 50);
+        assert!(in_panel(360, 720, BAND_COLOURS[0]) > 50);
+        assert_eq!(in_panel(0, 360, BAND_COLOURS[1]), 0);
+        assert!(in_panel(360, 720, BAND_COLOURS[1]) > 50);
     }
 
     #[test]

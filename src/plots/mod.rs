@@ -10,7 +10,8 @@
 //! drawn, only without their text.
 //!
 //! - [`canvas`]: the drawing primitives and text.
-//! - [`charts`]: training curves, bar charts, curves with seed bands.
+//! - [`charts`]: training curves, bar charts, curves with seed bands (on a
+//!   log axis too).
 //! - [`segmentation`]: confusion matrices, palettes, prediction overlays.
 pub mod canvas;
 pub mod charts;
@@ -20,5 +21,7 @@ pub use canvas::FONT_PATH;
 pub(crate) use canvas::{
     blend, disc, fill, mix, paste, rect, save_png, segment, text, BLACK, WHITE,
 };
-pub use charts::{plot_bands, plot_bars, plot_training, Band, Bar, BarPanel};
+pub use charts::{
+    plot_band_panels, plot_bands, plot_bars, plot_training, Band, BandPanel, Bar, BarPanel, XAxis,
+};
 pub use segmentation::{overlay_prediction, plot_confusion, voc_palette, IGNORE_GREY};

@@ -1,6 +1,6 @@
 //! `pixpro experiment`: a grid of pretrain + probe jobs from a plan file
-//! (methods x seeds, then one-knob ablations x values x seeds, both
-//! seed-major), run one job at a time, each recorded in `results.json` the
+//! (methods x seeds, then one-knob ablations x values x seeds of one or
+//! more methods, both seed-major), run one job at a time, each recorded in `results.json` the
 //! moment it finishes, with a Markdown table and a bar chart redrawn after
 //! every job.
 //!
@@ -19,6 +19,8 @@
 //! - [`report`]: results.md and results.png, redrawn after every job.
 //! - [`losses`]: the Methods rows' pretraining losses side by side
 //!   (loss.png, and their final losses in results.md).
+//! - [`compute`]: the `train.steps` ablations as quality against compute
+//!   (compute.png, and paired differences at each step count).
 //! - [`runner`]: the loop over the jobs not yet recorded, then over the
 //!   recorded ones a protocol of the plan has not measured yet.
 pub mod plan;
@@ -26,9 +28,10 @@ pub mod job;
 pub mod results;
 pub mod report;
 pub mod losses;
+pub mod compute;
 pub mod runner;
 
 pub use plan::{method_names, Group, Job, Plan, Row};
-pub use report::{markdown, summarize, RowSummary};
+pub use report::{markdown, summarize, write_report, RowSummary};
 pub use results::{finished_ids, missing_protocols, read_results, Hardware, JobResult};
 pub use runner::{run, RunReport, RunnerOptions};

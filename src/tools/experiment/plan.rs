@@ -18,7 +18,7 @@ pub fn method_names() -> Vec<&'static str> {
     std::iter::once("random").chain(Method::ALL.iter().map(|m| m.name())).collect()
 }
 
-/// The method whose knobs the ablations vary.
+/// The method whose knobs an ablation varies unless it names its own.
 const ABLATED_METHOD: &str = "pixpro";
 
 /// The plan file as written; [`Plan::load`] checks it and expands the jobs.
@@ -66,6 +66,8 @@ struct AblationFile {
     key: String,
     values: Vec<toml::Value>,
     seeds: Option<Vec<u64>>,
+    /// The methods it varies the knob of, a table each [default: pixpro].
+    methods: Option<Vec<String>>,
 }
 
 /// A `[[weights]]` entry: a weight file that `--weights` reads (the
@@ -226,15 +228,18 @@ impl Plan {
         let mut grid = Grid::new(base)?;
         check_methods(path, &file.methods)?;
         grid.expand_methods(path, &file.methods, &file.seeds)?;
+        // Before the ablations: measuring weights takes minutes, and their
+        // rows belong to the Methods table, which should fill first.
+        grid.add_weights(path, &file.weights, file.steps)?;
         let compared = grid.jobs.len();
         for (i, ab) in file.ablation.iter().enumerate() {
             grid.expand_ablation(path, i, ab, &file.seeds)?;
         }
-        // Seed-major across all ablations too (a stable sort keeps the
-        // plan's order within a seed): a grid stopped part-way has every
-        // knob value at the first seeds, not one knob at every seed.
-        grid.jobs[compared..].sort_by_key(|j| j.seed);
-        grid.add_weights(path, &file.weights, file.steps)?;
+        // Shorter pretraining first, then seed-major across all ablations
+        // (a stable sort keeps the plan's order within a seed): a grid
+        // stopped part-way has every knob value at the first seeds, not one
+        // knob at every seed, and its cheap points before its long runs.
+        grid.jobs[compared..].sort_by_key(|j| (j.config.train.steps, j.seed));
         if grid.jobs.is_empty() {
             return Err(plan_error(
                 path,
@@ -477,7 +482,9 @@ impl Grid {
     }
 
     /// The jobs of `ablation[i]`, values x seeds (the plan's seeds unless it
-    /// names its own), and their group.
+    /// names its own) for each of its methods, and a group per method.
+    /// Ablations of one key and method share a group: values measured at
+    /// different seeds (a long run at fewer seeds) make one table.
     fn expand_ablation(
         &mut self,
         path: &Path,
@@ -486,51 +493,68 @@ impl Grid {
         plan_seeds: &[u64],
     ) -> Result<()> {
         let at = format!("ablation[{i}]");
-        let seeds = check_ablation(path, &at, ab, plan_seeds)?;
-        let mut rows: Vec<Row> = Vec::new();
-        for &seed in seeds {
-            for (v, value) in ab.values.iter().enumerate() {
-                let j = self.job(ABLATED_METHOD, Some((&ab.key, value)), seed).map_err(|e| {
-                    plan_error(
-                        path,
-                        &format!("{at}.key"),
-                        format!("`{}` = {value} does not make a valid config: {e}", ab.key),
-                    )
-                })?;
-                if rows.len() == v {
-                    let shown = value_at(&j.config.to_table()?, &ab.key).map(value_text);
-                    let mut label = shown.unwrap_or_else(|| value_text(value));
-                    if j.knobs.is_empty() {
-                        label.push_str(" (default)");
+        let (seeds, methods) = check_ablation(path, &at, ab, plan_seeds)?;
+        for method in methods {
+            let mut rows: Vec<Row> = Vec::new();
+            for &seed in seeds {
+                for (v, value) in ab.values.iter().enumerate() {
+                    let j = self.job(method, Some((&ab.key, value)), seed).map_err(|e| {
+                        plan_error(
+                            path,
+                            &format!("{at}.key"),
+                            format!("`{}` = {value} does not make a valid config: {e}", ab.key),
+                        )
+                    })?;
+                    if rows.len() == v {
+                        let shown = value_at(&j.config.to_table()?, &ab.key).map(value_text);
+                        let mut label = shown.unwrap_or_else(|| value_text(value));
+                        if j.knobs.is_empty() {
+                            label.push_str(" (default)");
+                        }
+                        rows.push(Row { label, ids: Vec::new() });
                     }
-                    rows.push(Row { label, ids: Vec::new() });
+                    rows[v].ids.push(self.add(j));
                 }
-                rows[v].ids.push(self.add(j));
+            }
+            let title = format!("Ablation of {} ({method})", ab.key);
+            match self.groups.iter_mut().find(|g| g.title == title) {
+                Some(group) => {
+                    for row in rows {
+                        match group.rows.iter_mut().find(|r| r.label == row.label) {
+                            Some(same) => {
+                                let new: Vec<String> = row
+                                    .ids
+                                    .into_iter()
+                                    .filter(|id| !same.ids.contains(id))
+                                    .collect();
+                                same.ids.extend(new);
+                            }
+                            None => group.rows.push(row),
+                        }
+                    }
+                }
+                None => self.groups.push(Group { title, row_name: ab.key.clone(), rows }),
             }
         }
-        self.groups.push(Group {
-            title: format!("Ablation of {} ({ABLATED_METHOD})", ab.key),
-            row_name: ab.key.clone(),
-            rows,
-        });
         Ok(())
     }
 }
 
 /// The ablation `at` varies a knob the runner leaves to it, over some
-/// values and seeds; its seeds.
+/// values and seeds, of methods that pretrain; its seeds and methods.
 fn check_ablation<'a>(
     path: &Path,
     at: &str,
     ab: &'a AblationFile,
     plan_seeds: &'a [u64],
-) -> Result<&'a [u64]> {
-    // The runner sets these itself: from `methods`, `seeds` and `steps`.
-    if ["model.method", "train.seed", "train.steps"].contains(&ab.key.as_str()) {
+) -> Result<(&'a [u64], Vec<&'a str>)> {
+    // The runner sets these itself, from `methods` and `seeds`; `train.steps`
+    // may be varied (quality against compute).
+    if ["model.method", "train.seed"].contains(&ab.key.as_str()) {
         return Err(plan_error(
             path,
             &format!("{at}.key"),
-            format!("`{}` is set by the plan's methods, seeds or steps", ab.key),
+            format!("`{}` is set by the plan's methods or seeds", ab.key),
         ));
     }
     if ab.values.is_empty() {
@@ -540,5 +564,31 @@ fn check_ablation<'a>(
     if seeds.is_empty() {
         return Err(plan_error(path, &format!("{at}.seeds"), "needs at least one seed"));
     }
-    Ok(seeds)
+    let methods: Vec<&str> = match &ab.methods {
+        Some(m) => m.iter().map(String::as_str).collect(),
+        None => vec![ABLATED_METHOD],
+    };
+    let key = format!("{at}.methods");
+    if methods.is_empty() {
+        return Err(plan_error(path, &key, "needs at least one method"));
+    }
+    for (k, m) in methods.iter().enumerate() {
+        if *m == "random" {
+            return Err(plan_error(path, &key, "`random` is not pretrained: nothing to vary"));
+        }
+        if !method_names().contains(m) {
+            return Err(plan_error(
+                path,
+                &key,
+                format!(
+                    "unknown method `{m}`; one of {}",
+                    Method::ALL.map(|m| m.name()).join(", ")
+                ),
+            ));
+        }
+        if methods[..k].contains(m) {
+            return Err(plan_error(path, &key, format!("`{m}` is named twice")));
+        }
+    }
+    Ok((seeds, methods))
 }

@@ -5,6 +5,7 @@
 //! bars, a panel per group and protocol).
 use std::path::Path;
 
+use super::compute::compute_section;
 use super::losses::loss_section;
 use super::plan::{Group, Plan, Row};
 use super::results::{mean_std, JobResult};
@@ -51,7 +52,12 @@ pub fn summarize(plan: &Plan, group: &Group, results: &[JobResult]) -> Vec<RowSu
 }
 
 /// `a - b` per seed where both rows have the seed, under `protocol`.
-fn paired(results: &[JobResult], a: &[String], b: &[String], protocol: Protocol) -> Vec<f64> {
+pub(super) fn paired(
+    results: &[JobResult],
+    a: &[String],
+    b: &[String],
+    protocol: Protocol,
+) -> Vec<f64> {
     let by_id = |id: &String| results.iter().find(|r| &r.id == id);
     a.iter()
         .filter_map(|ia| {
@@ -62,7 +68,7 @@ fn paired(results: &[JobResult], a: &[String], b: &[String], protocol: Protocol)
         .collect()
 }
 
-fn mean_pm(m: Option<f64>, sd: Option<f64>, sign: bool) -> String {
+pub(super) fn mean_pm(m: Option<f64>, sd: Option<f64>, sign: bool) -> String {
     match (m, sd) {
         (Some(m), Some(sd)) if sign => format!("{m:+.4} ± {sd:.4}"),
         (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
@@ -250,10 +256,12 @@ fn chart(plan: &Plan, results: &[JobResult], out_png: &Path) -> Result<()> {
     plot_bars(&panels, out_png)
 }
 
-/// Writes results.md, results.png and loss.png into `out`.
-pub(super) fn write_report(plan: &Plan, results: &[JobResult], out: &Path) -> Result<()> {
+/// Writes results.md, results.png, loss.png and compute.png into `out`.
+pub fn write_report(plan: &Plan, results: &[JobResult], out: &Path) -> Result<()> {
     let md = out.join("results.md");
-    let text = markdown(plan, results) + &loss_section(plan, results, out)?;
+    let text = markdown(plan, results)
+        + &loss_section(plan, results, out)?
+        + &compute_section(plan, results, out)?;
     write_atomically(&md, text.as_bytes())?;
     chart(plan, results, &out.join("results.png"))
 }

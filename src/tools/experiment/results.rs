@@ -125,7 +125,7 @@ pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) ->
         let steps = match &job.weights {
             Some(w) => w.steps,
             None if job.method == "random" => 0,
-            None => plan.steps,
+            None => job.config.train.steps,
         };
         let probe = ProbeConfig { seed: r.seed, ..plan.probe.clone() };
         if r.steps != steps || r.probe != probe {
