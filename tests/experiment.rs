@@ -269,13 +269,10 @@ fn step_ablations_of_several_methods_make_the_compute_curves() {
         with_steps("byol-s0", "byol", 0, 0.33, 3),
         with_steps("pixpro-steps=4-s0", "pixpro", 0, 0.50, 4),
     ];
+    // Recorded elsewhere: no job folders here, so no loss curves, but the
+    // scores are all reported.
     let out = dir.path().join("out");
-    // The Methods rows' loss curves, which the report draws too.
-    for id in ["pixpro-s0", "pixpro-s1"] {
-        std::fs::create_dir_all(out.join("jobs").join(id)).unwrap();
-        let line = "{\"step\": 3, \"loss_avg\": -0.5}\n";
-        std::fs::write(out.join("jobs").join(id).join("metrics.jsonl"), line).unwrap();
-    }
+    std::fs::create_dir_all(&out).unwrap();
     write_report(&plan, &results, &out).unwrap();
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     let section = &md[md.find("## Quality against compute").expect("a compute section")..];
@@ -298,6 +295,75 @@ fn step_ablations_of_several_methods_make_the_compute_curves() {
     let opts = RunnerOptions { out: out.clone(), results: file, max_jobs: Some(0), quiet: true };
     let e = run(&plan, &opts).unwrap_err().to_string();
     assert!(e.contains("pixpro-steps=2-s0") && e.contains("asks for 2"), "{e}");
+}
+
+#[test]
+fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["data/pretrain", "data/voc", "empty"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    let variant =
+        "[[variant]]\nlabel = \"bs6\"\nset = { \"train.batch_size\" = 6, train = { steps = 2 } }\n\
+                   seeds = [0]\npretrain = \"empty\"\n\n\
+                   [[variant]]\nlabel = \"sqrt\"\nmethod = \"byol\"\n\
+                   set = { \"optim.lr_scaling\" = \"sqrt\" }\n";
+    let plan = Plan::load(&write_plan(dir.path(), variant)).unwrap();
+    let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "random-s0",
+            "pixpro-s0",
+            "random-s1",
+            "pixpro-s1",
+            "pixpro-bs6-s0",
+            "byol-sqrt-s0",
+            "byol-sqrt-s1"
+        ]
+    );
+    let bs6 = &plan.jobs[4];
+    assert_eq!((bs6.config.train.batch_size, bs6.config.train.steps), (6, 2));
+    let knobs: Vec<&str> = bs6.knobs.keys().map(String::as_str).collect();
+    assert_eq!(knobs, ["data.pretrain", "train.batch_size", "train.steps"]);
+    assert_eq!(plan.jobs[5].config.model.method.name(), "byol");
+    let group = plan.groups.iter().find(|g| g.title == "Variants").unwrap();
+    let labels: Vec<&str> = group.rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, ["pixpro bs6", "byol sqrt"]);
+
+    // Paired with random init and with its method's own row.
+    let results = vec![
+        result("random-s0", "random", 0, 0.20, None),
+        result("random-s1", "random", 1, 0.25, None),
+        result("pixpro-s0", "pixpro", 0, 0.30, Some(10.0)),
+        result("pixpro-s1", "pixpro", 1, 0.32, Some(10.0)),
+        JobResult { steps: 2, ..result("pixpro-bs6-s0", "pixpro", 0, 0.40, Some(10.0)) },
+    ];
+    let md = markdown(&plan, &results);
+    assert!(md.contains("| pixpro bs6 − random | 1 | +0.2000 |"), "{md}");
+    assert!(md.contains("| pixpro bs6 − pixpro | 1 | +0.1000 |"), "{md}");
+
+    // It pretrains on its own folder: an empty one is named when it runs.
+    let out = dir.path().join("out");
+    let file = out.join("results.json");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(&file, serde_json::to_string(&results[..4]).unwrap()).unwrap();
+    let opts = RunnerOptions { out, results: file, max_jobs: None, quiet: true };
+    let e = run(&plan, &opts).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+
+    let err = |extra: &str| Plan::load(&write_plan(dir.path(), extra)).unwrap_err().to_string();
+    let e = err("[[variant]]\nlabel = \"a\"\nset = { \"train.seed\" = 3 }\n");
+    assert!(e.contains("variant[0].set") && e.contains("train.seed"), "{e}");
+    let e = err("[[variant]]\nlabel = \"a\"\nset = { \"train.batch_size\" = 0 }\n");
+    assert!(e.contains("variant[0].set") && e.contains("batch_size"), "{e}");
+    let e = err("[[variant]]\nlabel = \"a\"\nset = {}\npretrain = \"nowhere\"\n");
+    assert!(e.contains("variant[0].set"), "{e}");
+    let e =
+        err("[[variant]]\nlabel = \"a\"\nset = { \"train.steps\" = 1 }\npretrain = \"nowhere\"\n");
+    assert!(e.contains("nowhere") && e.contains("variant[0].pretrain"), "{e}");
+    let e = err("[[variant]]\nlabel = \"pixpro\"\nset = { \"train.steps\" = 1 }\n");
+    assert!(e.contains("variant[0].label"), "{e}");
 }
 
 #[test]

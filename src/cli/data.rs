@@ -1,11 +1,13 @@
 //! `pixpro data`: evaluation data sets built from installed packages
-//! (`tuxseg`), and any input packed into tar shards (`pack`, in `pack.rs`).
+//! (`tuxseg`), a held-out part of one to choose recipes on (`holdout`), and
+//! any input packed into tar shards (`pack`, in `pack.rs`).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
+use pixpro::transfer::holdout;
 
 #[derive(Subcommand)]
 pub(super) enum DataCommand {
@@ -21,6 +23,29 @@ pub(super) enum DataCommand {
         resized size); a shard appears only when complete, and running the same command again\n\
         continues after the last complete one.")]
     Pack(super::pack::PackArgs),
+    /// A held-out part of a train split as a VOC folder of its own: choose recipes on it, not on val.
+    #[command(after_help = "Example:\n  \
+        pixpro data holdout --from runs/tuxseg --out runs/tuxseg-select --fraction 0.2\n\n\
+        OUT's train split is the rest of FROM's train split, its val split the held-out part;\n\
+        images, masks (and a tuxseg folder's pretrain/) are linked, not copied. FROM's val\n\
+        split is left out: score the chosen recipe on it once, at the end.")]
+    Holdout(HoldoutArgs),
+}
+
+#[derive(Args)]
+pub(super) struct HoldoutArgs {
+    /// A VOC folder, or a folder made by `pixpro data tuxseg` (pretrain/ and voc/).
+    #[arg(long)]
+    from: PathBuf,
+    /// Output folder (must be missing or empty), in the layout of --from.
+    #[arg(long)]
+    out: PathBuf,
+    /// Part of the train split held out, in (0, 1).
+    #[arg(long, default_value_t = 0.2)]
+    fraction: f64,
+    /// Seeds which images are held out.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -48,6 +73,20 @@ pub(super) fn run(command: &DataCommand) -> Result<()> {
     match command {
         DataCommand::Tuxseg(a) => build_tuxseg(a),
         DataCommand::Pack(a) => super::pack::run(a),
+        DataCommand::Holdout(a) => {
+            let h = holdout::write_holdout(&a.from, &a.out, a.fraction, a.seed)?;
+            eprintln!(
+                "held out {} of {} train images of {} (seed {}) as the val split of {}; {} left \
+                 to train on (holdout.json lists them)",
+                h.val,
+                h.train + h.val,
+                h.source.display(),
+                h.seed,
+                a.out.display(),
+                h.train
+            );
+            Ok(())
+        }
     }
 }
 

@@ -12,7 +12,8 @@ pub fn cosine(progress: f64, start: f64, end: f64) -> f64 {
 /// The learning rate of every step of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
-    /// Peak learning rate, already scaled by batch / 256.
+    /// Peak learning rate, already scaled to the global batch
+    /// (`OptimConfig::peak_lr`).
     pub peak: f64,
     pub warmup_steps: u64,
     pub total_steps: u64,

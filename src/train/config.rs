@@ -26,8 +26,10 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    /// Learning rate for a global batch of 256; scaled linearly with the batch.
+    /// Learning rate for a global batch of 256, scaled to the run's global
+    /// batch by `lr_scaling`.
     pub lr_per_256: f64,
+    pub lr_scaling: LrScaling,
     pub warmup_epochs: f64,
     pub warmup_start_factor: f64,
     pub final_lr: f64,
@@ -42,6 +44,7 @@ impl Default for OptimConfig {
         let l = LarsConfig::default();
         OptimConfig {
             lr_per_256: 1.0,
+            lr_scaling: LrScaling::Linear,
             warmup_epochs: 5.0,
             warmup_start_factor: 0.01,
             final_lr: 1e-6,
@@ -53,7 +56,28 @@ impl Default for OptimConfig {
     }
 }
 
+/// How the peak learning rate follows the global batch `B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScaling {
+    /// `lr_per_256 * B / 256`: the paper's rule, and the reference's.
+    Linear,
+    /// `lr_per_256 * sqrt(B / 256)`: what PixPro's authors suggest for
+    /// small batches (zdaxie/PixPro issue 5), where the linear rule gives a
+    /// very small rate.
+    Sqrt,
+}
+
 impl OptimConfig {
+    /// The peak learning rate for a global batch of `global_batch` images.
+    pub fn peak_lr(&self, global_batch: usize) -> f64 {
+        let ratio = global_batch as f64 / 256.0;
+        match self.lr_scaling {
+            LrScaling::Linear => self.lr_per_256 * ratio,
+            LrScaling::Sqrt => self.lr_per_256 * ratio.sqrt(),
+        }
+    }
+
     pub fn lars(&self) -> LarsConfig {
         LarsConfig {
             momentum: self.momentum,
@@ -339,6 +363,21 @@ mod tests {
             let back = Config::from_toml_str(&c.to_toml(), &Config::default()).unwrap();
             assert_eq!(back, c, "{p:?}");
         }
+    }
+
+    #[test]
+    fn the_peak_rate_scales_with_the_batch_linearly_or_by_its_root() {
+        let mut o = Preset::Cpu.config().optim;
+        assert_eq!(o.lr_scaling, LrScaling::Linear);
+        // The cpu preset's 0.125 at batch 32.
+        assert_eq!(o.peak_lr(32), 0.125);
+        o.lr_scaling = LrScaling::Sqrt;
+        assert_eq!(o.peak_lr(64), 0.5);
+        assert_eq!(o.peak_lr(256), 1.0);
+        let c = Config::from_toml_str("[optim]\nlr_scaling = \"sqrt\"\n", &Config::default());
+        assert_eq!(c.unwrap().optim.lr_scaling, LrScaling::Sqrt);
+        let e = Config::from_toml_str("[optim]\nlr_scaling = \"log\"\n", &Config::default());
+        assert!(e.unwrap_err().to_string().contains("lr_scaling"));
     }
 
     #[test]

@@ -27,9 +27,8 @@ pub fn total_steps(cfg: &Config, batches_per_epoch: usize) -> u64 {
 }
 
 pub fn lr_schedule(cfg: &Config, batches_per_epoch: usize, world_size: usize) -> LrSchedule {
-    let global_batch = (cfg.train.batch_size * world_size) as f64;
     LrSchedule {
-        peak: cfg.optim.lr_per_256 * global_batch / 256.0,
+        peak: cfg.optim.peak_lr(cfg.train.batch_size * world_size),
         warmup_steps: (cfg.optim.warmup_epochs * batches_per_epoch as f64).round() as u64,
         total_steps: total_steps(cfg, batches_per_epoch),
         warmup_start_factor: cfg.optim.warmup_start_factor,

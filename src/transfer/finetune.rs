@@ -24,7 +24,7 @@
 //! argmax; mIoU over the classes with a non-empty union, background included.
 //!
 //! `train_fraction` picks a seeded subset of the train split
-//! ([`train_subset`]). The run is `steps` steps whatever the fraction, so
+//! ([`seeded_subset`]). The run is `steps` steps whatever the fraction, so
 //! fractions compare amounts of labelled data, not of compute.
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,7 +42,7 @@ use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::model::resnet::{batch_norm2d, BatchNorm2d, ResNet};
 use crate::transfer::backbone::Backbone;
 use crate::transfer::probe::{self, miou_from_confusion};
-use crate::transfer::voc::{train_val, VocSample, VocSplit, IGNORE};
+use crate::transfer::voc::{seeded_subset, train_val, VocSample, VocSplit, IGNORE};
 use crate::{Error, Result};
 
 /// The knobs of the recipe above.
@@ -179,7 +179,7 @@ pub struct FinetuneResult {
     /// Class names in id order (the confusion matrix's order).
     pub classes: Vec<String>,
     pub confusion: Vec<Vec<u64>>,
-    /// Train images trained on: [`train_subset`]'s count.
+    /// Train images trained on: [`seeded_subset`]'s count.
     pub train_images: usize,
     pub val_images: usize,
     pub steps: usize,
@@ -205,7 +205,7 @@ pub fn finetune(
     let start = Instant::now();
     let (classes, train, val) = train_val(voc)?;
     let k = classes.len();
-    let subset = train_subset(train.len(), cfg.train_fraction, cfg.seed);
+    let subset = seeded_subset(train.len(), cfg.train_fraction, cfg.seed);
     let (device, c5, os) =
         (backbone.device(), backbone.arch.out_channels(), backbone.output_stride);
     let (vs, net) = backbone.into_trainable();
@@ -261,20 +261,6 @@ pub fn finetune_into(
     probe::write_json(&out.join("finetune.json"), &result, described)?;
     probe::write_pictures(voc, out, &result.classes, &result.confusion, &result.examples)?;
     Ok(result)
-}
-
-/// The indices (ascending) of the train images that `fraction` of `n` and
-/// `seed` pick: the first ceil(fraction * n), at least 1, of a seeded
-/// shuffle, so a seed's subset for a smaller fraction lies inside the one
-/// for a larger fraction.
-pub fn train_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    // The slack keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3.
-    let count = ((fraction * n as f64 - 1e-9).ceil().max(1.0) as usize).min(n);
-    order.truncate(count);
-    order.sort_unstable();
-    order
 }
 
 /// The poly schedule: `lr` at step 0, lr * (1 - step / total)^0.9, 0 at `total`.
@@ -618,21 +604,6 @@ mod tests {
         // weight and bias; 3 downsamples: a conv, a BN's weight and bias.
         assert_eq!(trainable.len(), 3 + 8 * 6 + 3 * 3);
         assert!(trainable.iter().all(Tensor::requires_grad));
-    }
-
-    #[test]
-    fn train_fraction_picks_a_seeded_nested_subset() {
-        let a = train_subset(30, 0.1, 5);
-        assert_eq!(a.len(), 3);
-        assert_eq!(a, train_subset(30, 0.1, 5));
-        assert_ne!(a, train_subset(30, 0.1, 6));
-        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|&i| i < 30), "{a:?}");
-        let half = train_subset(30, 0.5, 5);
-        assert_eq!(half.len(), 15);
-        assert!(a.iter().all(|i| half.contains(i)), "{a:?} not in {half:?}");
-        assert_eq!(train_subset(30, 1.0, 5), (0..30).collect::<Vec<_>>());
-        assert_eq!(train_subset(300, 0.001, 5).len(), 1);
-        assert_eq!(train_subset(7, 0.5, 5).len(), 4);
     }
 
     #[test]

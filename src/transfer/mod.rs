@@ -7,6 +7,8 @@
 //! - [`backbone`]: the frozen encoder out of a checkpoint, a weight file, or
 //!   random init (the baseline).
 //! - [`voc`]: the Pascal VOC segmentation layout evaluations read.
+//! - [`holdout`]: a held-out part of a train split as a VOC folder of its
+//!   own, to choose recipes on without looking at val.
 //! - [`probe`]: the dense linear probe (mIoU on a VOC-layout set).
 //! - [`retrieval`]: dense nearest-neighbour retrieval (mIoU with nothing
 //!   trained, Hummingbird's evaluation).
@@ -20,6 +22,7 @@ pub mod pickle;
 pub mod weights;
 pub mod backbone;
 pub mod voc;
+pub mod holdout;
 pub mod probe;
 pub mod retrieval;
 pub mod correspondence;

@@ -11,6 +11,9 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::{Error, Result};
 
@@ -70,8 +73,6 @@ pub fn class_names(root: &Path) -> Result<Vec<String>> {
     Ok(VOC_CLASSES.iter().map(|s| s.to_string()).collect())
 }
 
-/// One labelled image: `mask` is row-major, the image's size, one class id
-/// (or [`IGNORE`]) per pixel.
 /// A VOC folder's class names with its `train` and `val` splits, what
 /// every evaluation that trains or remembers on train and scores val reads.
 pub fn train_val(root: &Path) -> Result<(Vec<String>, VocSplit, VocSplit)> {
@@ -81,6 +82,8 @@ pub fn train_val(root: &Path) -> Result<(Vec<String>, VocSplit, VocSplit)> {
     Ok((classes, train, val))
 }
 
+/// One labelled image: `mask` is row-major, the image's size, one class id
+/// (or [`IGNORE`]) per pixel.
 #[derive(Debug, Clone)]
 pub struct VocSample {
     pub id: String,
@@ -216,6 +219,20 @@ impl VocSplit {
     }
 }
 
+/// The indices (ascending) of the images of a split of `n` that `fraction`
+/// and `seed` pick (fine-tuning's `train_fraction`, a held-out part): the first ceil(fraction * n), at least 1, of a seeded
+/// shuffle, so a seed's subset for a smaller fraction lies inside the one
+/// for a larger fraction.
+pub fn seeded_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    // The slack keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3.
+    let count = ((fraction * n as f64 - 1e-9).ceil().max(1.0) as usize).min(n);
+    order.truncate(count);
+    order.sort_unstable();
+    order
+}
+
 /// Reads a mask PNG as raw values: palette indices of a paletted PNG, or grey
 /// levels of a greyscale one (1, 2, 4 or 8 bits). Returns (width, height,
 /// row-major values).
@@ -298,6 +315,21 @@ pub(crate) mod tests {
 
     fn uniform(w: u32, h: u32, c: [u8; 3]) -> Vec<[u8; 3]> {
         vec![c; (w * h) as usize]
+    }
+
+    #[test]
+    fn a_fraction_picks_a_seeded_nested_subset() {
+        let a = seeded_subset(30, 0.1, 5);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, seeded_subset(30, 0.1, 5));
+        assert_ne!(a, seeded_subset(30, 0.1, 6));
+        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|&i| i < 30), "{a:?}");
+        let half = seeded_subset(30, 0.5, 5);
+        assert_eq!(half.len(), 15);
+        assert!(a.iter().all(|i| half.contains(i)), "{a:?} not in {half:?}");
+        assert_eq!(seeded_subset(30, 1.0, 5), (0..30).collect::<Vec<_>>());
+        assert_eq!(seeded_subset(300, 0.001, 5).len(), 1);
+        assert_eq!(seeded_subset(7, 0.5, 5).len(), 4);
     }
 
     #[test]

@@ -168,8 +168,8 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         (Backbone::random(m.arch, m.output_stride, job.seed, device)?, None, 0)
     } else {
         let run = RunDir::new(&dir);
-        let opts =
-            RunOptions { quiet, ..RunOptions::new(plan.data.join("pretrain"), RunDir::new(&dir)) };
+        let images = job.pretrain.clone().unwrap_or_else(|| plan.data.join("pretrain"));
+        let opts = RunOptions { quiet, ..RunOptions::new(images, RunDir::new(&dir)) };
         let summary = train::pretrain(&job.config, &opts)?;
         if !summary.finished {
             let why = summary.stopped_by.unwrap_or_else(|| "stopped".into());

@@ -74,6 +74,11 @@ fn curve(plan: &Plan, job: &Job, out: &Path) -> Result<Option<Curve>> {
         None if job.method == "random" => Ok(None),
         None => {
             let path = out.join("jobs").join(&job.id).join("metrics.jsonl");
+            // A grid finished elsewhere has the job's result but not its
+            // folder: its scores are reported, without a loss curve.
+            if !path.is_file() {
+                return Ok(None);
+            }
             let logged: Vec<Logged> = lines(&path)?;
             Ok(Some(
                 logged

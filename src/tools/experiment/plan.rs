@@ -49,6 +49,8 @@ struct PlanFile {
     finetune: toml::Table,
     #[serde(default)]
     ablation: Vec<AblationFile>,
+    #[serde(default)]
+    variant: Vec<VariantFile>,
     /// Backbones trained elsewhere, measured beside the methods.
     #[serde(default)]
     weights: Vec<WeightsFile>,
@@ -68,6 +70,28 @@ struct AblationFile {
     seeds: Option<Vec<u64>>,
     /// The methods it varies the knob of, a table each [default: pixpro].
     methods: Option<Vec<String>>,
+}
+
+/// A `[[variant]]` entry: a named recipe that sets several keys at once (a
+/// batch size with the step count that keeps a wall-clock budget, say), of
+/// one method, at the plan's seeds or its own, pretrained on the plan's
+/// images or on another folder: a row `label` of the Variants table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantFile {
+    label: String,
+    #[serde(default = "default_variant_method")]
+    method: String,
+    /// Config keys, dotted (`"train.batch_size" = 64`) or as tables.
+    set: toml::Table,
+    seeds: Option<Vec<u64>>,
+    /// A folder of pretraining images instead of the plan's `data/pretrain`,
+    /// relative to the plan file; evaluation stays on the plan's `data/voc`.
+    pretrain: Option<PathBuf>,
+}
+
+fn default_variant_method() -> String {
+    ABLATED_METHOD.to_string()
 }
 
 /// A `[[weights]]` entry: a weight file that `--weights` reads (the
@@ -114,6 +138,8 @@ pub struct Job {
     /// A `[[weights]]` job's: measured, not trained, at the config's
     /// output stride.
     pub weights: Option<Measured>,
+    /// Where a `[[variant]]` job pretrains, if not on the plan's images.
+    pub pretrain: Option<PathBuf>,
 }
 
 /// A table of the report: rows of jobs that differ only in their seed.
@@ -232,6 +258,9 @@ impl Plan {
         // rows belong to the Methods table, which should fill first.
         grid.add_weights(path, &file.weights, file.steps)?;
         let compared = grid.jobs.len();
+        for (i, v) in file.variant.iter().enumerate() {
+            grid.add_variant(path, i, v, &file.seeds)?;
+        }
         for (i, ab) in file.ablation.iter().enumerate() {
             grid.expand_ablation(path, i, ab, &file.seeds)?;
         }
@@ -244,7 +273,7 @@ impl Plan {
             return Err(plan_error(
                 path,
                 "methods",
-                "the plan has no jobs: name methods, ablations or weights",
+                "the plan has no jobs: name methods, ablations, variants or weights",
             ));
         }
         Ok(Plan {
@@ -393,6 +422,7 @@ impl Grid {
             knobs,
             config,
             weights: None,
+            pretrain: None,
         })
     }
 
@@ -429,22 +459,7 @@ impl Grid {
         let dir = path.parent().unwrap_or(Path::new(""));
         for (i, w) in entries.iter().enumerate() {
             let at = format!("weights[{i}]");
-            let label_ok = !w.label.is_empty()
-                && w.label.chars().all(|c| c.is_ascii_alphanumeric() || "_+.".contains(c));
-            if !label_ok {
-                return Err(plan_error(
-                    path,
-                    &format!("{at}.label"),
-                    format!("`{}`: letters, digits, `_`, `+` and `.` only", w.label),
-                ));
-            }
-            if method_names().contains(&w.label.as_str()) {
-                return Err(plan_error(
-                    path,
-                    &format!("{at}.label"),
-                    format!("`{}` is a method's name; weights need a label of their own", w.label),
-                ));
-            }
+            check_label(path, &at, &w.label, "weights")?;
             let mut job = self.job("random", None, w.seed)?;
             job.id = format!("{}-s{}", w.label, w.seed);
             job.method = w.label.clone();
@@ -478,6 +493,108 @@ impl Grid {
                 None => rows.push(Row { label: w.label.clone(), ids: vec![id] }),
             }
         }
+        Ok(())
+    }
+
+    /// The jobs of `variant[i]`, one per seed, as a row of the Variants
+    /// group (made when the first variant comes).
+    fn add_variant(
+        &mut self,
+        path: &Path,
+        i: usize,
+        v: &VariantFile,
+        plan_seeds: &[u64],
+    ) -> Result<()> {
+        let at = format!("variant[{i}]");
+        check_label(path, &at, &v.label, "variants")?;
+        if v.method == "random" || !method_names().contains(&v.method.as_str()) {
+            return Err(plan_error(
+                path,
+                &format!("{at}.method"),
+                format!(
+                    "`{}` is not a method that pretrains; one of {}",
+                    v.method,
+                    Method::ALL.map(|m| m.name()).join(", ")
+                ),
+            ));
+        }
+        let mut keys = Vec::new();
+        flatten("", &v.set, &mut keys);
+        if keys.is_empty() {
+            return Err(plan_error(path, &format!("{at}.set"), "sets no key"));
+        }
+        if let Some((key, _)) =
+            keys.iter().find(|(k, _)| ["model.method", "train.seed"].contains(&k.as_str()))
+        {
+            return Err(plan_error(
+                path,
+                &format!("{at}.set"),
+                format!("`{key}` is set by the variant's method and the plan's seeds"),
+            ));
+        }
+        let pretrain = match &v.pretrain {
+            Some(p) => {
+                let dir = path.parent().unwrap_or(Path::new("")).join(p);
+                if !dir.is_dir() {
+                    return Err(Error::data(
+                        &dir,
+                        format!("not a folder (`{at}.pretrain` in {})", path.display()),
+                    ));
+                }
+                Some(dir)
+            }
+            None => None,
+        };
+        let seeds = v.seeds.as_deref().unwrap_or(plan_seeds);
+        if seeds.is_empty() {
+            return Err(plan_error(path, &format!("{at}.seeds"), "needs at least one seed"));
+        }
+        let mut ids = Vec::new();
+        for &seed in seeds {
+            let mut job = self.job(&v.method, None, seed)?;
+            for (key, value) in &keys {
+                job.config = job.config.with_overlay(nested(key, value.clone())).map_err(|e| {
+                    plan_error(path, &format!("{at}.set"), format!("`{key}` = {value}: {e}"))
+                })?;
+            }
+            job.config.validate().map_err(|e| plan_error(path, &format!("{at}.set"), e))?;
+            let table = job.config.to_table()?;
+            for (key, _) in &keys {
+                if let Some(value) = value_at(&table, key) {
+                    if value_at(&self.base_table, key) != Some(value) {
+                        job.knobs.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            if let Some(dir) = &pretrain {
+                let shown = dir.display().to_string();
+                job.knobs.insert("data.pretrain".into(), toml::Value::String(shown));
+            }
+            job.pretrain = pretrain.clone();
+            job.id = format!("{}-{}-s{seed}", v.method, v.label);
+            if self.jobs.iter().any(|j| j.id == job.id) {
+                return Err(plan_error(
+                    path,
+                    &format!("{at}.label"),
+                    format!("`{}` of {} is given twice", v.label, v.method),
+                ));
+            }
+            ids.push(self.add(job));
+        }
+        let group = match self.groups.iter().position(|g| g.title == "Variants") {
+            Some(g) => g,
+            None => {
+                let rows = Vec::new();
+                self.groups.push(Group {
+                    title: "Variants".into(),
+                    row_name: "variant".into(),
+                    rows,
+                });
+                self.groups.len() - 1
+            }
+        };
+        let label = format!("{} {}", v.method, v.label);
+        self.groups[group].rows.push(Row { label, ids });
         Ok(())
     }
 
@@ -537,6 +654,39 @@ impl Grid {
             }
         }
         Ok(())
+    }
+}
+
+/// A `[[weights]]` or `[[variant]]` label: it goes into job ids and
+/// folder names, and must not pass for a method.
+fn check_label(path: &Path, at: &str, label: &str, what: &str) -> Result<()> {
+    let ok =
+        !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || "_+.=".contains(c));
+    if !ok {
+        return Err(plan_error(
+            path,
+            &format!("{at}.label"),
+            format!("`{label}`: letters, digits, `_`, `+`, `=` and `.` only"),
+        ));
+    }
+    if method_names().contains(&label) {
+        return Err(plan_error(
+            path,
+            &format!("{at}.label"),
+            format!("`{label}` is a method's name; {what} need a label of their own"),
+        ));
+    }
+    Ok(())
+}
+
+/// `table` as (dotted key, value) pairs down to its non-table values.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            other => out.push((key, other.clone())),
+        }
     }
 }
 

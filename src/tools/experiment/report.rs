@@ -78,27 +78,45 @@ pub(super) fn mean_pm(m: Option<f64>, sd: Option<f64>, sign: bool) -> String {
     }
 }
 
-/// The Methods group's paired differences: each method against random
-/// init, pixpro against byol and against each `[[weights]]` row, per
-/// protocol (mean ± std over seeds).
+/// The paired differences of a group: in the Methods group each method
+/// against random init, pixpro against byol and against each `[[weights]]`
+/// row; in the Variants group each variant against random init and against
+/// its method's row of the Methods group; per protocol (mean ± std over
+/// seeds).
 fn differences(plan: &Plan, group: &Group, results: &[JobResult]) -> String {
-    let row = |label: &str| group.rows.iter().find(|r| r.label == label);
+    let methods = plan.groups.iter().find(|g| g.title == "Methods");
+    let row = |label: &str| methods.and_then(|g| g.rows.iter().find(|r| r.label == label));
     let mut pairs: Vec<(String, &[String], &[String])> = Vec::new();
-    if let Some(random) = row("random") {
-        for r in group.rows.iter().filter(|r| r.label != "random") {
-            pairs.push((format!("{} − random", r.label), &r.ids, &random.ids));
+    if group.row_name == "variant" {
+        for r in &group.rows {
+            if let Some(random) = row("random") {
+                pairs.push((format!("{} − random", r.label), &r.ids, &random.ids));
+            }
+            let method = r.label.split(' ').next().unwrap_or_default();
+            if let Some(m) = row(method) {
+                pairs.push((format!("{} − {method}", r.label), &r.ids, &m.ids));
+            }
         }
     }
-    if let (Some(p), Some(b)) = (row("pixpro"), row("byol")) {
-        pairs.push(("pixpro − byol".into(), &p.ids, &b.ids));
-    }
-    // Weights trained elsewhere (the reference, say) against pixpro's own.
-    let measured = |r: &&Row| {
-        r.ids.first().is_some_and(|id| plan.jobs.iter().any(|j| &j.id == id && j.weights.is_some()))
-    };
-    if let Some(p) = row("pixpro") {
-        for r in group.rows.iter().filter(measured) {
-            pairs.push((format!("pixpro − {}", r.label), &p.ids, &r.ids));
+    if group.row_name == "method" {
+        if let Some(random) = row("random") {
+            for r in group.rows.iter().filter(|r| r.label != "random") {
+                pairs.push((format!("{} − random", r.label), &r.ids, &random.ids));
+            }
+        }
+        if let (Some(p), Some(b)) = (row("pixpro"), row("byol")) {
+            pairs.push(("pixpro − byol".into(), &p.ids, &b.ids));
+        }
+        // Weights trained elsewhere (the reference, say) against pixpro's own.
+        let measured = |r: &&Row| {
+            r.ids
+                .first()
+                .is_some_and(|id| plan.jobs.iter().any(|j| &j.id == id && j.weights.is_some()))
+        };
+        if let Some(p) = row("pixpro") {
+            for r in group.rows.iter().filter(measured) {
+                pairs.push((format!("pixpro − {}", r.label), &p.ids, &r.ids));
+            }
         }
     }
     if pairs.is_empty() {
@@ -211,9 +229,7 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
                 opt(s.wall_s, &|v| minutes(v)),
             ));
         }
-        if group.row_name == "method" {
-            md.push_str(&differences(plan, group, results));
-        }
+        md.push_str(&differences(plan, group, results));
     }
     md
 }
