@@ -124,6 +124,12 @@ pub fn load_pixpro(path: &Path, device: Device) -> Result<(Config, PixPro)> {
 /// the run, as for any file: the disk that refuses it would refuse the next
 /// checkpoint too.
 pub(super) fn draw_loss_plot(run: &RunDir) -> Result<()> {
+    // A run stopped before its first logged step (`--stop-at 0`, which
+    // writes a config without training) has nothing to draw.
+    let logged = std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0);
+    if !logged {
+        return Ok(());
+    }
     match crate::plots::plot_training(&run.metrics(), &run.loss_plot()) {
         Err(e @ Error::Io { .. }) => Err(e),
         Err(e) => {
