@@ -173,7 +173,8 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
     let p = &plan.probe;
     let mut md = format!(
         "# Experiment: {}\n\n\
-         {done} of {} jobs finished. Pretraining: {} steps per job ({} preset, batch {}, {} px). \
+         {done} of {} jobs finished. Pretraining: {} steps per job ({} preset, batch {}, {} px) \
+         where a table does not vary them. \
          Probe: {} px, {} epochs, lr {}, batch {}, seeded by the job's seed. \
          mIoU is mean ± sample standard deviation over seeds (n); images/s is pretraining \
          throughput; wall time is pretraining plus every evaluation, per job.\n\n\
