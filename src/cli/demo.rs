@@ -1,5 +1,6 @@
 //! `pixpro demo`: the whole loop in one command: build TuxSeg, pretrain with
-//! the cpu preset, and probe the result against a random-init backbone.
+//! the cpu preset, and measure the result against a random-init backbone
+//! with the evaluation protocols, ending with one table of both.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,14 +9,32 @@ use clap::Args;
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
 use pixpro::train::config::{Config, Preset};
 use pixpro::train::{self, events, DirLock, RunDir, RunOptions};
-use pixpro::transfer::backbone::Backbone;
-use pixpro::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
+use pixpro::transfer::backbone::Weights;
+use pixpro::transfer::evaluate::{Evaluation, Evaluator, Protocol, Recipes};
 
 use super::args::Device;
-use super::probe::print_probe;
+use super::eval::summary;
 
-/// Measured for the cpu preset on a 2-core machine; see README.
-const DEMO_MINUTES: u32 = 16;
+/// Pretraining and the probe of both backbones, measured for the cpu preset
+/// on 2 idle cores; see README.
+const DEMO_MINUTES: f64 = 16.0;
+
+/// Minutes one backbone's evaluation by `protocol` adds on 2 idle cores:
+/// the fastest of the 15 jobs of docs/results-eval.json (the others shared
+/// the machine), rounded up.
+fn protocol_minutes(protocol: Protocol) -> f64 {
+    match protocol {
+        // Part of DEMO_MINUTES.
+        Protocol::Probe => 0.0,
+        Protocol::Retrieval => 0.5,
+        Protocol::Correspondence => 1.25,
+        Protocol::Finetune { .. } => 3.0,
+    }
+}
+
+fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
+    s.parse().map_err(|e: pixpro::Error| e.to_string())
+}
 
 #[derive(Args)]
 pub(super) struct DemoArgs {
@@ -28,9 +47,14 @@ pub(super) struct DemoArgs {
     /// Pretraining steps [default: the cpu preset's].
     #[arg(long)]
     steps: Option<u64>,
-    /// Seed of pretraining and of the probes; the data set stays the same.
+    /// Seed of pretraining and of the evaluations; the data set stays the same.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How both backbones are measured (comma-separated): probe, retrieval,
+    /// correspondence, finetune, finetune:F. Fine-tuning adds about 6 minutes each.
+    #[arg(long, value_delimiter = ',', value_parser = parse_protocol,
+          default_value = "probe,retrieval,correspondence")]
+    protocols: Vec<Protocol>,
     #[command(flatten)]
     device: Device,
 }
@@ -46,16 +70,20 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
     if let Some(s) = args.steps {
         cfg.train.steps = s;
     }
+    let minutes =
+        DEMO_MINUTES + 2.0 * args.protocols.iter().map(|&p| protocol_minutes(p)).sum::<f64>();
+    let names: Vec<String> = args.protocols.iter().map(Protocol::to_string).collect();
     eprintln!(
         "pixpro demo: build TuxSeg (real photos with pasted real-object cutouts), pretrain {} at {} px \
-         for {} steps (cpu preset), then probe it and a random-init backbone. \
-         About {} minutes for the preset's {} steps on 2 idle CPU cores, longer on a busy or \
+         for {} steps (cpu preset), then measure it and a random-init backbone ({}). \
+         About {:.0} minutes for the preset's {} steps on 2 idle CPU cores, longer on a busy or \
          slower machine (the progress bar shows its own estimate); re-running continues where \
          it stopped.",
         cfg.model.arch,
         cfg.augment.image_size,
         cfg.train.steps,
-        DEMO_MINUTES,
+        names.join(", "),
+        minutes.ceil(),
         Preset::Cpu.config().train.steps
     );
     ensure_tuxseg(&data)?;
@@ -66,22 +94,30 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
         eprintln!("stopped at step {}; run the same command to continue", summary.steps_done);
         return Ok(());
     }
-    let (r_ours, r_rand) = probe_both(args, &cfg, &data, &run)?;
-    // For TensorBoard: the pretrained score with its run, random init's
-    // (which has no run) with its probe, both under the same tag.
-    let probe = |miou: f64| [("eval/probe".to_string(), miou)];
-    events::write_scores(&run, summary.steps_done, &probe(r_ours.miou))?;
-    events::write_scores(&args.out.join("probe-random"), 0, &probe(r_rand.miou))?;
-    print_probe("pixpro", &r_ours);
-    print_probe("random init", &r_rand);
+    let rows = evaluate_both(args, &cfg, &data, &run)?;
+    // For TensorBoard: the pretrained scores with their run, random init's
+    // (which has no run) in its own folder, under the same tags.
+    let tags = |pick: fn(&(Evaluation, Evaluation)) -> &Evaluation| -> Vec<(String, f64)> {
+        rows.iter().map(|r| (format!("eval/{}", pick(r).protocol), pick(r).score)).collect()
+    };
+    events::write_scores(&run, summary.steps_done, &tags(|r| &r.0))?;
+    events::write_scores(&args.out.join("random"), 0, &tags(|r| &r.1))?;
     println!(
-        "TuxSeg val mIoU: pixpro {:.4} vs random init {:.4} ({:+.4}); pretrained {} steps; {:.0} min in all",
-        r_ours.miou,
-        r_rand.miou,
-        r_ours.miou - r_rand.miou,
+        "\nTuxSeg val, pretrained {} steps against random init ({:.0} min in all):\n\n\
+         | protocol | score | pixpro | random init | difference |\n|---|---|---:|---:|---:|",
         summary.steps_done,
         started.elapsed().as_secs_f64() / 60.0
     );
+    for (ours, random) in &rows {
+        println!(
+            "| {} | {} | {:.4} | {:.4} | {:+.4} |",
+            ours.protocol,
+            ours.score_name,
+            ours.score,
+            random.score,
+            ours.score - random.score
+        );
+    }
     Ok(())
 }
 
@@ -104,21 +140,37 @@ fn ensure_tuxseg(data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Step 3: probes the run's last checkpoint and a random-init backbone of
-/// the same architecture on TuxSeg's labelled scenes.
-fn probe_both(
+/// Step 3: measures the run's last checkpoint and a random-init backbone of
+/// the same architecture with every protocol asked for, on TuxSeg's
+/// labelled scenes, into OUT/pixpro/PROTOCOL and OUT/random/PROTOCOL; the
+/// recipes are the experiment grids' (160 px probe and retrieval, as the
+/// scenes are), seeded by --seed.
+fn evaluate_both(
     args: &DemoArgs,
     cfg: &Config,
     data: &Path,
     run: &Path,
-) -> Result<(ProbeResult, ProbeResult)> {
-    eprintln!("[3/3] probing (frozen backbone, per-pixel linear classifier)");
-    let probe_cfg = ProbeConfig { image_size: 160, seed: args.seed, ..Default::default() };
-    let device = train::pick_device(cfg.train.device)?;
-    let ours = Backbone::from_checkpoint(&RunDir::new(run).last_checkpoint(), None, device)?;
-    let random = Backbone::random(cfg.model.arch, cfg.model.output_stride, args.seed, device)?;
+) -> Result<Vec<(Evaluation, Evaluation)>> {
+    eprintln!("[3/3] measuring both backbones, frozen unless fine-tuned");
+    let mut recipes = Recipes::default().with_seed(args.seed);
+    recipes.probe.image_size = 160;
+    recipes.retrieval.image_size = 160;
+    recipes.validate()?;
+    let evaluator =
+        Evaluator { recipes, device: train::pick_device(cfg.train.device)?, progress: true };
+    let ours = Weights::Checkpoint(RunDir::new(run).last_checkpoint());
+    let random = Weights::Random { arch: cfg.model.arch, seed: args.seed };
     let voc = data.join("voc");
-    let r_ours = probe_into(&ours, &voc, &args.out.join("probe-pixpro"), &probe_cfg)?;
-    let r_rand = probe_into(&random, &voc, &args.out.join("probe-random"), &probe_cfg)?;
-    Ok((r_ours, r_rand))
+    let mut rows = Vec::new();
+    for &p in &args.protocols {
+        let stride = Some(cfg.model.output_stride);
+        let folder = p.folder();
+        let a = evaluator.evaluate(&ours, None, p, &voc, &args.out.join("pixpro").join(&folder))?;
+        eprintln!("  pixpro      {}", summary(&a));
+        let b =
+            evaluator.evaluate(&random, stride, p, &voc, &args.out.join("random").join(&folder))?;
+        eprintln!("  random init {}", summary(&b));
+        rows.push((a, b));
+    }
+    Ok(rows)
 }
