@@ -475,25 +475,35 @@ impl Grid {
                     format!("`{}` with seed {} is given twice", w.label, w.seed),
                 ));
             }
-            let id = self.add(job);
-            let methods = match self.groups.iter().position(|g| g.title == "Methods") {
-                Some(g) => g,
-                None => {
-                    let rows = Vec::new();
-                    self.groups.insert(
-                        0,
-                        Group { title: "Methods".into(), row_name: "method".into(), rows },
-                    );
-                    0
-                }
-            };
-            let rows = &mut self.groups[methods].rows;
-            match rows.iter_mut().find(|r| r.label == w.label) {
-                Some(row) => row.ids.push(id),
-                None => rows.push(Row { label: w.label.clone(), ids: vec![id] }),
-            }
+            let row = Row { label: w.label.clone(), ids: vec![self.add(job)] };
+            self.add_row("Methods", "method", true, row);
         }
         Ok(())
+    }
+
+    /// Adds `row` to the group `title` (made, first or last, if it is not
+    /// there): a row of the same label gains the ids it lacks, so that
+    /// entries of one label at different seeds make one row.
+    fn add_row(&mut self, title: &str, row_name: &str, first: bool, row: Row) {
+        let g = match self.groups.iter().position(|g| g.title == title) {
+            Some(g) => g,
+            None => {
+                let group =
+                    Group { title: title.into(), row_name: row_name.into(), rows: Vec::new() };
+                let at = if first { 0 } else { self.groups.len() };
+                self.groups.insert(at, group);
+                at
+            }
+        };
+        let rows = &mut self.groups[g].rows;
+        match rows.iter_mut().find(|r| r.label == row.label) {
+            Some(same) => {
+                let new: Vec<String> =
+                    row.ids.into_iter().filter(|id| !same.ids.contains(id)).collect();
+                same.ids.extend(new);
+            }
+            None => rows.push(row),
+        }
     }
 
     /// The jobs of `variant[i]`, one per seed, as a row of the Variants
@@ -507,17 +517,7 @@ impl Grid {
     ) -> Result<()> {
         let at = format!("variant[{i}]");
         check_label(path, &at, &v.label, "variants")?;
-        if v.method == "random" || !method_names().contains(&v.method.as_str()) {
-            return Err(plan_error(
-                path,
-                &format!("{at}.method"),
-                format!(
-                    "`{}` is not a method that pretrains; one of {}",
-                    v.method,
-                    Method::ALL.map(|m| m.name()).join(", ")
-                ),
-            ));
-        }
+        check_pretraining(path, &format!("{at}.method"), &v.method)?;
         let mut keys = Vec::new();
         flatten("", &v.set, &mut keys);
         if keys.is_empty() {
@@ -581,20 +581,8 @@ impl Grid {
             }
             ids.push(self.add(job));
         }
-        let group = match self.groups.iter().position(|g| g.title == "Variants") {
-            Some(g) => g,
-            None => {
-                let rows = Vec::new();
-                self.groups.push(Group {
-                    title: "Variants".into(),
-                    row_name: "variant".into(),
-                    rows,
-                });
-                self.groups.len() - 1
-            }
-        };
         let label = format!("{} {}", v.method, v.label);
-        self.groups[group].rows.push(Row { label, ids });
+        self.add_row("Variants", "variant", false, Row { label, ids });
         Ok(())
     }
 
@@ -634,23 +622,8 @@ impl Grid {
                 }
             }
             let title = format!("Ablation of {} ({method})", ab.key);
-            match self.groups.iter_mut().find(|g| g.title == title) {
-                Some(group) => {
-                    for row in rows {
-                        match group.rows.iter_mut().find(|r| r.label == row.label) {
-                            Some(same) => {
-                                let new: Vec<String> = row
-                                    .ids
-                                    .into_iter()
-                                    .filter(|id| !same.ids.contains(id))
-                                    .collect();
-                                same.ids.extend(new);
-                            }
-                            None => group.rows.push(row),
-                        }
-                    }
-                }
-                None => self.groups.push(Group { title, row_name: ab.key.clone(), rows }),
+            for row in rows {
+                self.add_row(&title, &ab.key, false, row);
             }
         }
         Ok(())
@@ -675,6 +648,18 @@ fn check_label(path: &Path, at: &str, label: &str, what: &str) -> Result<()> {
             &format!("{at}.label"),
             format!("`{label}` is a method's name; {what} need a label of their own"),
         ));
+    }
+    Ok(())
+}
+
+/// `method`, named at plan key `key`, is one that pretrains.
+fn check_pretraining(path: &Path, key: &str, method: &str) -> Result<()> {
+    if method == "random" {
+        return Err(plan_error(path, key, "`random` is not pretrained: nothing to vary"));
+    }
+    if !method_names().contains(&method) {
+        let known = Method::ALL.map(|m| m.name()).join(", ");
+        return Err(plan_error(path, key, format!("unknown method `{method}`; one of {known}")));
     }
     Ok(())
 }
@@ -723,19 +708,7 @@ fn check_ablation<'a>(
         return Err(plan_error(path, &key, "needs at least one method"));
     }
     for (k, m) in methods.iter().enumerate() {
-        if *m == "random" {
-            return Err(plan_error(path, &key, "`random` is not pretrained: nothing to vary"));
-        }
-        if !method_names().contains(m) {
-            return Err(plan_error(
-                path,
-                &key,
-                format!(
-                    "unknown method `{m}`; one of {}",
-                    Method::ALL.map(|m| m.name()).join(", ")
-                ),
-            ));
-        }
+        check_pretraining(path, &key, m)?;
         if methods[..k].contains(m) {
             return Err(plan_error(path, &key, format!("`{m}` is named twice")));
         }
