@@ -76,6 +76,8 @@ struct Series {
     points: Vec<(f64, f64)>,
     /// (x, lo, hi), shaded translucently under the line.
     band: Vec<(f64, f64, f64)>,
+    /// Whether the points are measurements, marked with dots when few.
+    measured: bool,
 }
 
 /// The x axis of a line chart: what it counts, and whether it is drawn on
@@ -213,7 +215,7 @@ fn chart(
         }
         // Few points are measurements worth marking (a lone one would
         // not show at all); many are a curve.
-        if s.points.len() <= 16 {
+        if s.measured && s.points.len() <= 16 {
             for p in &s.points {
                 disc(img, sx(p.0), sy(p.1), 3.0, s.colour);
             }
@@ -245,6 +247,7 @@ pub fn plot_training(metrics_jsonl: &Path, out_png: &Path) -> Result<()> {
         width,
         points,
         band: Vec::new(),
+        measured: true,
     };
     let mut loss = vec![line("loss", [150, 190, 230], 1.0, pts(|r| Some(r.loss)))];
     let avg = pts(|r| r.loss_avg);
@@ -271,6 +274,9 @@ pub struct Band {
     pub label: String,
     /// (x, mean, lo, hi), in x order.
     pub points: Vec<(f64, f64, f64, f64)>,
+    /// False for a level drawn across the chart (random init, say): its
+    /// ends are not measurements and get no dots.
+    pub measured: bool,
 }
 
 const BAND_COLOURS: [[u8; 3]; 5] =
@@ -286,6 +292,7 @@ fn band_series(bands: &[Band]) -> Vec<Series> {
             width: 2.0,
             points: b.points.iter().map(|&(x, m, _, _)| (x, m)).collect(),
             band: b.points.iter().map(|&(x, _, lo, hi)| (x, lo, hi)).collect(),
+            measured: b.measured,
         })
         .collect()
 }
@@ -467,6 +474,7 @@ mod tests {
                 .iter()
                 .map(|&x| (x, y, y - 0.01, y + 0.01))
                 .collect(),
+            measured: true,
         };
         let panels = [
             BandPanel { title: "probe".into(), bands: vec![band("pixpro", 0.2)] },
@@ -487,6 +495,24 @@ mod tests {
         assert!(in_panel(360, 720, BAND_COLOURS[0]) > 50);
         assert_eq!(in_panel(0, 360, BAND_COLOURS[1]), 0);
         assert!(in_panel(360, 720, BAND_COLOURS[1]) > 50);
+    }
+
+    #[test]
+    fn a_level_drawn_across_gets_no_dots() {
+        let dir = tempfile::tempdir().unwrap();
+        let coloured = |measured: bool| {
+            let points = vec![(8000.0, 0.2, 0.19, 0.21), (128000.0, 0.2, 0.19, 0.21)];
+            let bands = vec![Band { label: "random init".into(), points, measured }];
+            let out = dir.path().join(format!("{measured}.png"));
+            plot_band_panels(&[BandPanel { title: "probe".into(), bands }], XAxis::STEPS, &out)
+                .unwrap();
+            let img = image::open(&out).unwrap().to_rgb8();
+            img.pixels().filter(|p| **p == Rgb(BAND_COLOURS[0])).count()
+        };
+        // The same line either way; the measured one adds two discs.
+        let (level, measured) = (coloured(false), coloured(true));
+        assert!(level > 50, "the line is drawn: {level} px");
+        assert!(measured > level + 10, "dots add pixels: {measured} vs {level}");
     }
 
     #[test]

@@ -98,12 +98,12 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
                         Some((steps as f64 * batch, m, lo, hi))
                     })
                     .collect();
-                Band { label: method.clone(), points }
+                Band { label: method.clone(), points, measured: true }
             })
             .collect();
         if let Some((m, lo, hi)) = random.and_then(|r| spread(results, &r.ids, p)) {
             let points = vec![(x_lo, m, lo, hi), (x_hi, m, lo, hi)];
-            bands.push(Band { label: "random init".into(), points });
+            bands.push(Band { label: "random init".into(), points, measured: false });
         }
         bands.retain(|b| !b.points.is_empty());
         if !bands.is_empty() {

@@ -110,7 +110,8 @@ fn band(label: &str, curves: &[Curve]) -> (Band, Vec<f64>) {
         })
         .collect();
     let finals = curves.iter().filter_map(|c| c.last().map(|&(_, l)| l)).collect();
-    (Band { label: format!("{label} (n={})", curves.len()), points }, finals)
+    let band = Band { label: format!("{label} (n={})", curves.len()), points, measured: true };
+    (band, finals)
 }
 
 /// Draws `out/loss.png` for the Methods group's rows that have loss curves
