@@ -161,15 +161,22 @@ fn evaluate_both(
     let ours = Weights::Checkpoint(RunDir::new(run).last_checkpoint());
     let random = Weights::Random { arch: cfg.model.arch, seed: args.seed };
     let voc = data.join("voc");
+    // A re-run (after a stop during the evaluations, or with one more
+    // protocol) keeps what an earlier run measured with the same recipe.
+    let measure = |weights: &Weights, stride, p: Protocol, (dir, who): (&str, &str)| {
+        let out = args.out.join(dir).join(p.folder());
+        if let Some(e) = evaluator.kept(weights, stride, p, &voc, &out) {
+            eprintln!("  {who:<11} {} (kept from an earlier run)", summary(&e));
+            return Ok(e);
+        }
+        let e = evaluator.evaluate(weights, stride, p, &voc, &out)?;
+        eprintln!("  {who:<11} {}", summary(&e));
+        Ok::<_, anyhow::Error>(e)
+    };
     let mut rows = Vec::new();
     for &p in &args.protocols {
-        let stride = Some(cfg.model.output_stride);
-        let folder = p.folder();
-        let a = evaluator.evaluate(&ours, None, p, &voc, &args.out.join("pixpro").join(&folder))?;
-        eprintln!("  pixpro      {}", summary(&a));
-        let b =
-            evaluator.evaluate(&random, stride, p, &voc, &args.out.join("random").join(&folder))?;
-        eprintln!("  random init {}", summary(&b));
+        let a = measure(&ours, None, p, ("pixpro", "pixpro"))?;
+        let b = measure(&random, Some(cfg.model.output_stride), p, ("random", "random init"))?;
         rows.push((a, b));
     }
     Ok(rows)

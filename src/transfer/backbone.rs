@@ -36,6 +36,18 @@ impl Weights {
             }
         }
     }
+
+    /// What the loaded [`Backbone::source`] will say, known without loading.
+    pub fn source(&self) -> String {
+        match self {
+            Weights::Checkpoint(path) | Weights::File(path) => path.display().to_string(),
+            Weights::Random { seed, .. } => random_source(*seed),
+        }
+    }
+}
+
+fn random_source(seed: u64) -> String {
+    format!("random init (seed {seed})")
 }
 
 pub struct Backbone {
@@ -120,7 +132,7 @@ impl Backbone {
         let mut vs = nn::VarStore::new(device);
         let net = resnet(&vs.root(), arch, output_stride)?;
         vs.freeze();
-        let source = format!("random init (seed {seed})");
+        let source = random_source(seed);
         let note = format!("{source}: {arch}, output stride {output_stride}");
         Ok(Backbone { vs, net, arch, output_stride, source, note })
     }

@@ -193,11 +193,7 @@ impl Evaluator {
         let (recipes, device, progress) = (&self.recipes, self.device, self.progress);
         let clock = Instant::now();
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let stride = match protocol {
-            Protocol::Finetune { .. } => Some(output_stride.unwrap_or(FINETUNE_STRIDE)),
-            _ => output_stride,
-        };
-        let backbone = weights.load(stride, device)?;
+        let backbone = weights.load(stride_for(protocol, output_stride), device)?;
         let (source, arch, os) =
             (backbone.source.clone(), backbone.arch.to_string(), backbone.output_stride);
         let (score, per_class, details) = match protocol {
@@ -238,6 +234,48 @@ impl Evaluator {
         write_atomically(&path, text.as_bytes())?;
         Ok(evaluation)
     }
+
+    /// What [`Evaluator::evaluate`] left in `out` before, if it measured the
+    /// same weights (a file not written since), stride, protocol, recipe and
+    /// data: a re-run keeps it instead of measuring again.
+    pub fn kept(
+        &self,
+        weights: &Weights,
+        output_stride: Option<u32>,
+        protocol: Protocol,
+        voc: &Path,
+        out: &Path,
+    ) -> Option<Evaluation> {
+        let path = out.join("eval.json");
+        let e: Evaluation = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        // Through text, as the kept recipe came: floats compare as written.
+        let recipe = serde_json::to_string(&self.recipes.of(protocol)).ok()?;
+        let recipe: serde_json::Value = serde_json::from_str(&recipe).ok()?;
+        let fresh = match weights {
+            Weights::Checkpoint(w) | Weights::File(w) => modified(&path)? >= modified(w)?,
+            Weights::Random { arch, .. } => e.arch == arch.to_string(),
+        };
+        let same = fresh
+            && e.protocol == protocol.to_string()
+            && e.weights == weights.source()
+            && stride_for(protocol, output_stride).is_none_or(|s| s == e.output_stride)
+            && e.data == voc
+            && e.recipe == recipe;
+        same.then_some(e)
+    }
+}
+
+/// The output stride `protocol` measures at: the one asked for, else the
+/// weights' own, except fine-tuning's default.
+fn stride_for(protocol: Protocol, output_stride: Option<u32>) -> Option<u32> {
+    match protocol {
+        Protocol::Finetune { .. } => Some(output_stride.unwrap_or(FINETUNE_STRIDE)),
+        _ => output_stride,
+    }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// A protocol's full result, as JSON for `details`.
@@ -248,6 +286,7 @@ fn json<T: Serialize>(result: &T) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resnet::Arch;
 
     #[test]
     fn protocol_names_round_trip() {
@@ -259,6 +298,46 @@ mod tests {
             let e = bad.parse::<Protocol>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("retrieval"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_earlier_evaluation_is_kept_only_for_the_same_weights_and_recipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let (voc, out) = (dir.path().join("voc"), dir.path().join("eval"));
+        std::fs::create_dir_all(&out).unwrap();
+        let file = dir.path().join("w.safetensors");
+        std::fs::write(&file, b"weights").unwrap();
+        let weights = Weights::File(file.clone());
+        let evaluator =
+            Evaluator { recipes: Recipes::default(), device: Device::Cpu, progress: false };
+        let p = Protocol::Retrieval;
+        let e = Evaluation {
+            protocol: p.to_string(),
+            weights: weights.source(),
+            arch: "resnet18".into(),
+            output_stride: 32,
+            data: voc.clone(),
+            recipe: evaluator.recipes.of(p),
+            score_name: p.score_name().into(),
+            score: 0.25,
+            per_class_iou: None,
+            wall_s: 1.0,
+            details: serde_json::Value::Null,
+        };
+        let text = serde_json::to_string_pretty(&e).unwrap();
+        std::fs::write(out.join("eval.json"), text).unwrap();
+        assert_eq!(evaluator.kept(&weights, None, p, &voc, &out), Some(e));
+        assert!(evaluator.kept(&weights, Some(16), p, &voc, &out).is_none(), "stride");
+        assert!(evaluator.kept(&weights, None, Protocol::Probe, &voc, &out).is_none());
+        assert!(evaluator.kept(&weights, None, p, &out, &out).is_none(), "data");
+        let other = Evaluator { recipes: Recipes::default().with_seed(1), ..evaluator };
+        assert!(other.kept(&weights, None, p, &voc, &out).is_none(), "recipe");
+        let random = Weights::Random { arch: Arch::ResNet18, seed: 0 };
+        assert!(evaluator.kept(&random, None, p, &voc, &out).is_none(), "weights");
+        // Weights written again after the evaluation: measured again.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(later).unwrap();
+        assert!(evaluator.kept(&weights, None, p, &voc, &out).is_none(), "newer weights");
     }
 
     #[test]
