@@ -59,6 +59,7 @@ fn a_stopped_grid_is_finished_without_rerunning_jobs() {
         out: out.clone(),
         results: out.join("results.json"),
         max_jobs,
+        only: Vec::new(),
         quiet: true,
     };
     let first = run(&plan, &opts(Some(2))).unwrap();
@@ -138,6 +139,7 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         version: "0.0.0".into(),
         commit: None,
         evaluations: BTreeMap::new(),
+        loss_curve: Vec::new(),
     }
 }
 
@@ -151,6 +153,7 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
         out: out.clone(),
         results: out.join("results.json"),
         max_jobs: None,
+        only: Vec::new(),
         quiet: true,
     };
     let first = run(&Plan::load(&write_plan(dir.path(), "")).unwrap(), &opts).unwrap();
@@ -292,7 +295,13 @@ fn step_ablations_of_several_methods_make_the_compute_curves() {
     wrong[4].steps = 3;
     let file = out.join("results.json");
     std::fs::write(&file, serde_json::to_string(&wrong).unwrap()).unwrap();
-    let opts = RunnerOptions { out: out.clone(), results: file, max_jobs: Some(0), quiet: true };
+    let opts = RunnerOptions {
+        out: out.clone(),
+        results: file,
+        max_jobs: Some(0),
+        only: Vec::new(),
+        quiet: true,
+    };
     let e = run(&plan, &opts).unwrap_err().to_string();
     assert!(e.contains("pixpro-steps=2-s0") && e.contains("asks for 2"), "{e}");
 }
@@ -348,7 +357,7 @@ fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
     let file = out.join("results.json");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(&file, serde_json::to_string(&results[..4]).unwrap()).unwrap();
-    let opts = RunnerOptions { out, results: file, max_jobs: None, quiet: true };
+    let opts = RunnerOptions { out, results: file, max_jobs: None, only: Vec::new(), quiet: true };
     let e = run(&plan, &opts).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
 
@@ -508,6 +517,7 @@ fn weights_from_elsewhere_are_measured_beside_the_methods_and_paired_with_pixpro
         out: out.clone(),
         results: out.join("results.json"),
         max_jobs: None,
+        only: Vec::new(),
         quiet: true,
     };
     assert_eq!(run(&plan, &opts).unwrap().ran, 6);
@@ -532,12 +542,34 @@ fn weights_from_elsewhere_are_measured_beside_the_methods_and_paired_with_pixpro
     assert!(section.contains("| pixpro | 2 |") && !section.contains("| random"), "{section}");
     assert!(out.join("loss.png").is_file());
     assert_eq!(run(&plan, &opts).unwrap().ran, 0, "a finished grid runs nothing");
+    // The curves are kept in the results, so the section outlives the jobs'
+    // folders (a grid finished on another machine).
+    assert_eq!(other.loss_curve, [(1, 1.0), (2, 0.75), (3, 0.5)]);
+    let pixpro = results.iter().find(|r| r.id == "pixpro-s0").unwrap();
+    assert_eq!(pixpro.loss_curve.len(), 3, "TINY logs each of its 3 steps");
+    let elsewhere = dir.path().join("report-elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    write_report(&plan, &results, &elsewhere).unwrap();
+    let md = std::fs::read_to_string(elsewhere.join("results.md")).unwrap();
+    assert!(md[md.find("## Pretraining loss").unwrap()..].contains("| pixpro | 2 |"), "{md}");
 
     // A file that is not there is named, with the job, when the job runs.
     let gone =
         Plan::load(&write_plan(dir.path(), &weights("later", "elsewhere/none.pth"))).unwrap();
     let e = run(&gone, &opts).unwrap_err().to_string();
     assert!(e.contains("none.pth") && e.contains("job later-s0"), "{e}");
+    // Unless the run is limited to jobs it can do; the others stay to run.
+    let only = |ids: &[&str]| RunnerOptions {
+        out: out.clone(),
+        results: out.join("results.json"),
+        max_jobs: None,
+        only: ids.iter().map(|s| s.to_string()).collect(),
+        quiet: true,
+    };
+    let part = run(&gone, &only(&["random-s0", "pixpro-s1"])).unwrap();
+    assert_eq!((part.ran, part.remaining), (0, 2));
+    let e = run(&gone, &only(&["pixpro-s9"])).unwrap_err().to_string();
+    assert!(e.contains("no job pixpro-s9"), "{e}");
     // A label must not pass for a method.
     let e = Plan::load(&write_plan(dir.path(), &weights("byol", "elsewhere/r18.safetensors")))
         .unwrap_err()

@@ -23,6 +23,9 @@ pub(super) struct ExperimentArgs {
     /// Stop after running this many jobs.
     #[arg(long)]
     max_jobs: Option<usize>,
+    /// Run only these jobs (ids as `--dry-run` lists them, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// List the jobs and which are finished; run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -43,6 +46,7 @@ pub(super) fn run(args: &ExperimentArgs) -> Result<()> {
             out: args.out.clone(),
             results: results_path.clone(),
             max_jobs: args.max_jobs,
+            only: args.only.clone(),
             quiet,
         },
     )?;

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use super::losses;
 use super::plan::{Job, Plan};
 use super::results::{missing_protocols, Hardware, JobResult};
 use crate::train::{self, events, RunDir, RunOptions};
@@ -204,6 +205,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         version: env!("CARGO_PKG_VERSION").to_string(),
         commit: git_commit(),
         evaluations,
+        loss_curve: losses::curve(plan, job, out)?.unwrap_or_default(),
     };
     write_scores(&result, &dir)?;
     Ok(Outcome::Done(Box::new(result)))

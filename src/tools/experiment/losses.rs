@@ -65,7 +65,7 @@ fn windows(steps: &[PerStep], every: u64) -> Curve {
 
 /// The job's loss curve: its metrics.jsonl, or its `[[weights]]` losses;
 /// None for random init and weights that came without losses.
-fn curve(plan: &Plan, job: &Job, out: &Path) -> Result<Option<Curve>> {
+pub(super) fn curve(plan: &Plan, job: &Job, out: &Path) -> Result<Option<Curve>> {
     match &job.weights {
         Some(w) => match &w.losses {
             Some(path) => Ok(Some(windows(&lines(path)?, plan.base.train.log_every))),
@@ -158,9 +158,16 @@ fn row_curves(
     let mut rows = Vec::new();
     for row in &group.rows {
         let mut curves = Vec::new();
-        for id in row.ids.iter().filter(|id| results.iter().any(|r| &r.id == *id)) {
-            let Some(job) = plan.jobs.iter().find(|j| &j.id == id) else { continue };
-            if let Some(c) = curve(plan, job, out)?.filter(|c| !c.is_empty()) {
+        for r in row.ids.iter().filter_map(|id| results.iter().find(|r| &r.id == id)) {
+            let Some(job) = plan.jobs.iter().find(|j| j.id == r.id) else { continue };
+            // Results recorded before curves were kept in them still have
+            // theirs in the job's folder, if it is on this machine.
+            let c = if r.loss_curve.is_empty() {
+                curve(plan, job, out)?
+            } else {
+                Some(r.loss_curve.clone())
+            };
+            if let Some(c) = c.filter(|c| !c.is_empty()) {
                 curves.push(c);
             }
         }

@@ -89,6 +89,12 @@ pub struct JobResult {
     /// on the job's kept checkpoint without pretraining again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub evaluations: BTreeMap<String, Evaluation>,
+    /// The pretraining loss as (step, mean loss of the window ending there),
+    /// kept with the scores so that loss.png can still be drawn when the
+    /// job's folder is gone (a grid finished on another machine); empty for
+    /// random init and for weights that came without losses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_curve: Vec<(u64, f64)>,
 }
 
 impl JobResult {

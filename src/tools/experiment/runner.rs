@@ -14,7 +14,7 @@ use super::results::{
     check_recorded, finished_ids, missing_protocols, read_results, write_results, JobResult,
 };
 use crate::train::DirLock;
-use crate::Result;
+use crate::{Error, Result};
 
 /// How a run of the grid goes.
 pub struct RunnerOptions {
@@ -24,6 +24,10 @@ pub struct RunnerOptions {
     pub results: PathBuf,
     /// Stop after running this many jobs (finished ones skipped do not count).
     pub max_jobs: Option<usize>,
+    /// Run (and evaluate) only these jobs by id; empty for all. A grid split
+    /// over sessions or machines, or one whose `[[weights]]` are not all
+    /// made yet, runs the part it can.
+    pub only: Vec<String>,
     /// No progress lines and no pretraining progress.
     pub quiet: bool,
 }
@@ -84,9 +88,17 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     if plan.base.train.threads > 0 {
         tch::set_num_threads(plan.base.train.threads as i32);
     }
+    if let Some(id) = opts.only.iter().find(|id| !plan.jobs.iter().any(|j| &j.id == *id)) {
+        return Err(Error::data(
+            &plan.path,
+            format!("the plan has no job {id} (`--only`); `--dry-run` lists its jobs"),
+        ));
+    }
     let interrupted = crate::train::interrupt_flag()?;
     let done_before = finished_ids(plan, &results);
-    let todo: Vec<&Job> = plan.jobs.iter().filter(|j| !done_before.contains(&j.id)).collect();
+    let unfinished = plan.jobs.iter().filter(|j| !done_before.contains(&j.id)).count();
+    let todo: Vec<&Job> =
+        plan.jobs.iter().filter(|j| !done_before.contains(&j.id) && chosen(opts, j)).collect();
     let total = plan.jobs.len();
     let say = |line: String| {
         if !opts.quiet {
@@ -102,7 +114,7 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     ));
     write_report(plan, &results, &opts.out)?;
     let mut report =
-        RunReport { ran: 0, skipped: done_before.len(), remaining: todo.len(), stopped_by: None };
+        RunReport { ran: 0, skipped: done_before.len(), remaining: unfinished, stopped_by: None };
     let mut clock = Clock::default();
     for (k, job) in todo.iter().enumerate() {
         if let Some(why) = stop_reason(opts, report.ran, &interrupted) {
@@ -142,6 +154,10 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     Ok(report)
 }
 
+fn chosen(opts: &RunnerOptions, job: &Job) -> bool {
+    opts.only.is_empty() || opts.only.contains(&job.id)
+}
+
 /// Why the loop stops before the next job, if it does: `--max-jobs`
 /// reached, or a signal.
 fn stop_reason(opts: &RunnerOptions, ran: usize, interrupted: &AtomicBool) -> Option<String> {
@@ -163,6 +179,7 @@ fn evaluate_recorded(
     let todo: Vec<(usize, &Job)> = plan
         .jobs
         .iter()
+        .filter(|j| chosen(opts, j))
         .filter_map(|j| {
             let i = results.iter().position(|r| r.id == j.id)?;
             (!missing_protocols(plan, &results[i]).is_empty()).then_some((i, j))
