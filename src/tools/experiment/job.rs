@@ -43,24 +43,45 @@ fn git_commit() -> Option<String> {
     Some(if dirty { format!("{head}-dirty") } else { head })
 }
 
-/// Pretraining throughput over the whole run, resumed sessions included:
-/// the harmonic mean of the `images_per_sec` of metrics.jsonl's windows
-/// (equal numbers of images each, so this is total images over step time).
-fn run_throughput(metrics: &Path) -> Result<f64> {
+/// Pretraining over the whole run, resumed sessions included, as
+/// metrics.jsonl logged it.
+struct Pretrained {
+    /// Time spent in steps (loading, forward, backward, update).
+    seconds: f64,
+    /// All images over `seconds`.
+    images_per_sec: f64,
+}
+
+/// Each metrics line closes a window of steps since the line before; its
+/// images (those steps times `batch_size`: the runner trains in one
+/// process) over its `images_per_sec` are its step time. A session's own
+/// summary covers only that session, so a job resumed after its pretraining
+/// (or during it) would otherwise report the last session's time as the
+/// whole. Left out: start-up and the saves between steps, and steps
+/// computed again after a resume from an earlier checkpoint.
+fn pretrained(metrics: &Path, batch_size: usize) -> Result<Pretrained> {
     #[derive(Deserialize)]
     struct Line {
+        step: u64,
         images_per_sec: f64,
     }
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let rates = text
+    let lines = text
         .lines()
-        .map(|l| serde_json::from_str::<Line>(l).map(|l| l.images_per_sec))
-        .collect::<std::result::Result<Vec<f64>, _>>()
+        .map(serde_json::from_str::<Line>)
+        .collect::<std::result::Result<Vec<Line>, _>>()
         .map_err(|e| Error::data(metrics, e.to_string()))?;
-    if rates.is_empty() || rates.iter().any(|r| *r <= 0.0) {
+    if lines.is_empty() || lines.iter().any(|l| l.images_per_sec <= 0.0) {
         return Err(Error::data(metrics, "no positive images_per_sec lines"));
     }
-    Ok(rates.len() as f64 / rates.iter().map(|r| 1.0 / r).sum::<f64>())
+    let (mut previous, mut images, mut seconds) = (0, 0.0, 0.0);
+    for l in &lines {
+        let window = l.step.saturating_sub(previous) as f64 * batch_size as f64;
+        images += window;
+        seconds += window / l.images_per_sec;
+        previous = l.step;
+    }
+    Ok(Pretrained { seconds, images_per_sec: images / seconds })
 }
 
 /// How a job ended.
@@ -150,7 +171,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     let started_at = unix_now();
     let dir = out.join("jobs").join(&job.id);
     let device = train::pick_device(job.config.train.device)?;
-    let (backbone, images_per_sec, steps) = if let Some(w) = &job.weights {
+    let (backbone, pretraining, steps) = if let Some(w) = &job.weights {
         if !w.file.is_file() {
             return Err(Error::data(
                 &w.file,
@@ -177,8 +198,13 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
             return Ok(Outcome::Stopped(format!("{} at step {}", why, summary.steps_done)));
         }
         let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), None, device)?;
-        (backbone, Some(run_throughput(&run.metrics())?), summary.steps_done)
+        (
+            backbone,
+            Some(pretrained(&run.metrics(), job.config.train.batch_size)?),
+            summary.steps_done,
+        )
     };
+    let evaluating = Instant::now();
     let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
     let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
     drop(backbone);
@@ -195,8 +221,12 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         miou: r.miou,
         per_class_iou: r.per_class_iou,
         pixel_accuracy: r.pixel_accuracy,
-        images_per_sec,
-        wall_s: clock.elapsed().as_secs_f64(),
+        images_per_sec: pretraining.as_ref().map(|p| p.images_per_sec),
+        // The evaluations are this session's; the pretraining, every session's.
+        wall_s: match &pretraining {
+            Some(p) => p.seconds + evaluating.elapsed().as_secs_f64(),
+            None => clock.elapsed().as_secs_f64(),
+        },
         steps,
         probe,
         started_at,
@@ -209,4 +239,36 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     };
     write_scores(&result, &dir)?;
     Ok(Outcome::Done(Box::new(result)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretraining_time_adds_every_window_of_every_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        // Batch 4: windows of 10, 10 and (a resumed session's first) 5 steps,
+        // 40, 40 and 20 images, at 20, 10 and 5 images/s: 2 + 4 + 4 seconds.
+        std::fs::write(
+            &metrics,
+            "{\"step\":10,\"images_per_sec\":20.0}\n\
+             {\"step\":20,\"images_per_sec\":10.0}\n\
+             {\"step\":25,\"images_per_sec\":5.0}\n",
+        )
+        .unwrap();
+        let p = pretrained(&metrics, 4).unwrap();
+        assert!((p.seconds - 10.0).abs() < 1e-9, "{}", p.seconds);
+        assert!((p.images_per_sec - 10.0).abs() < 1e-9, "{}", p.images_per_sec);
+    }
+
+    #[test]
+    fn a_log_without_rates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        std::fs::write(&metrics, "{\"step\":10,\"images_per_sec\":0.0}\n").unwrap();
+        let e = pretrained(&metrics, 4).err().unwrap().to_string();
+        assert!(e.contains("metrics.jsonl"), "{e}");
+    }
 }

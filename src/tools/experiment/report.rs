@@ -177,7 +177,8 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
          where a table does not vary them. \
          Probe: {} px, {} epochs, lr {}, batch {}, seeded by the job's seed. \
          mIoU is mean ± sample standard deviation over seeds (n); images/s is pretraining \
-         throughput; wall time is pretraining plus every evaluation, per job.\n\n\
+         throughput; wall time is pretraining (over every session) plus every evaluation, per job, \
+         the evaluations alone for `[[weights]]` trained elsewhere.\n\n\
          Hardware: {}.\n\nCode: pixpro {}.\n\n\
          Rerun or finish: `pixpro experiment --plan {} --out OUT`.\n",
         plan.path.display(),
