@@ -11,7 +11,7 @@ use pixpro::tools::experiment::{
 use pixpro::transfer::probe::ProbeConfig;
 
 mod common;
-use common::{check_events, make_images, tiny_voc, TINY};
+use common::{check_events, make_images, tiny_voc, TINY, TRAIN_SCALARS};
 
 /// A plan over a data folder `data` (relative to the plan) whose every job
 /// uses the tiny recipe; `extra` is appended as plan keys.
@@ -131,6 +131,7 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         pixel_accuracy: 0.9,
         images_per_sec,
         wall_s: 60.0,
+        cpu_steal_fraction: None,
         steps: if method == "random" { 0 } else { 3 },
         probe: ProbeConfig { image_size: 32, epochs: 2, seed, ..Default::default() },
         started_at: 0,
@@ -161,7 +162,10 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
     let recorded = read_results(&out.join("results.json")).unwrap();
     let job = recorded.iter().find(|r| r.id == "pixpro-s1").unwrap();
     let said = check_events(&out.join("jobs/pixpro-s1"), &[("eval/probe", job.miou, 3)]);
-    assert!(said.contains("11 scalars at each of 3 steps and 1 scores"), "{said}");
+    assert!(
+        said.contains(&format!("{TRAIN_SCALARS} scalars at each of 3 steps and 1 scores")),
+        "{said}"
+    );
     let checkpoint = out.join("jobs/pixpro-s1/checkpoints/last.safetensors");
     let stamp = mtime(&checkpoint);
 

@@ -10,7 +10,7 @@ use pixpro::train::pretrain;
 use tch::Device;
 
 mod common;
-use common::{check_events, make_images, options, tensors, TINY};
+use common::{check_events, make_images, options, tensors, TINY, TRAIN_SCALARS};
 
 fn tiny_config() -> Config {
     Config::from_toml_str(TINY, &Config::default()).unwrap()
@@ -94,6 +94,14 @@ fn run_directory_has_config_metrics_and_checkpoints() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["finished"], true);
+    // The host's steal share, a fraction, in the summary and every line
+    // where Linux has it to read.
+    if cfg!(target_os = "linux") {
+        for record in lines.iter().chain([&summary]) {
+            let steal = record["cpu_steal_fraction"].as_f64();
+            assert!(steal.is_some_and(|f| (0.0..=1.0).contains(&f)), "{record}");
+        }
+    }
 }
 
 #[test]
@@ -105,21 +113,21 @@ fn tensorboard_reads_every_logged_scalar_once_across_resumes() {
     let run = tmp.path().join("run");
     pretrain(&cfg, &options(&data, &run, Some(4))).unwrap();
     let said = check_events(&run, &[]);
-    assert!(said.contains("11 scalars at each of 4 steps"), "{said}");
+    assert!(said.contains(&format!("{TRAIN_SCALARS} scalars at each of 4 steps")), "{said}");
 
     // As if killed after logging step 4 but before its checkpoint: the
     // resume starts from step 3 and logs step 4 again.
     std::fs::remove_file(run.join("checkpoints/last.safetensors")).unwrap();
     pretrain(&cfg, &options(&data, &run, None)).unwrap();
     let said = check_events(&run, &[]);
-    assert!(said.contains("11 scalars at each of 6 steps"), "{said}");
+    assert!(said.contains(&format!("{TRAIN_SCALARS} scalars at each of 6 steps")), "{said}");
 
     // As if killed before the first checkpoint: the run starts over, and
     // no step of the first try is left in metrics.jsonl or the events.
     std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
     pretrain(&cfg, &options(&data, &run, Some(1))).unwrap();
     let said = check_events(&run, &[]);
-    assert!(said.contains("11 scalars at each of 1 steps"), "{said}");
+    assert!(said.contains(&format!("{TRAIN_SCALARS} scalars at each of 1 steps")), "{said}");
 }
 
 fn pixpro(args: &[&str]) -> (bool, String) {

@@ -6,6 +6,7 @@ use pixpro::model::precision::Precision;
 use pixpro::model::resnet::Arch;
 use pixpro::tools::bench;
 use pixpro::train::config::{Config, Preset};
+use pixpro::train::steal;
 
 use super::args::{ConfigFile, DeviceArg, ImageFolder, Workers};
 
@@ -116,6 +117,12 @@ pub(super) fn run(args: &BenchArgs) -> Result<()> {
         r.steps,
         100.0 * r.data_wait_fraction
     );
+    if let Some(s) = steal::shown(r.cpu_steal_fraction) {
+        println!(
+            "{s} of the CPU time during the timed steps: a hypervisor gave the cores to another \
+             guest, so these numbers measure the host's load as well as the code"
+        );
+    }
     println!(
         "data alone: {:.1} two-view img/s ({:.1} per worker); peak memory {:.0} MiB",
         r.data_images_per_sec, r.data_images_per_sec_per_worker, r.peak_rss_mb

@@ -9,7 +9,7 @@ use pixpro::distributed::collective::Launch;
 use pixpro::method::Method;
 use pixpro::model::precision::Precision;
 use pixpro::train::config::{Config, Preset};
-use pixpro::train::{self, DirLock, InitWeights, RunDir, RunOptions};
+use pixpro::train::{self, steal, DirLock, InitWeights, RunDir, RunOptions};
 use pixpro::transfer::backbone::Backbone;
 
 use super::args::{ConfigFile, DeviceArg, ImageFolder, Quiet, Workers};
@@ -260,12 +260,13 @@ pub(super) fn run(args: &PretrainArgs) -> Result<()> {
     if !quiet {
         let how = outcome(&summary.stopped_by);
         eprintln!(
-            "{how}: step {}/{}, loss {}, {:.1} img/s, data wait {:.1}%, {:.0} s; outputs in {}",
+            "{how}: step {}/{}, loss {}, {:.1} img/s, data wait {:.1}%{}, {:.0} s; outputs in {}",
             summary.steps_done,
             summary.total_steps,
             summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
             summary.images_per_sec,
             100.0 * summary.data_wait_fraction,
+            steal::shown(summary.cpu_steal_fraction).map(|s| format!(", {s}")).unwrap_or_default(),
             started.elapsed().as_secs_f64(),
             summary.run_dir.display()
         );

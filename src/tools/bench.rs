@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::data::loader::Loader;
 use crate::train::config::Config;
+use crate::train::steal::{steal_since, CpuTimes};
 use crate::train::{open_loader, pick_device, Trainer};
 use crate::{Error, Result};
 
@@ -30,6 +31,9 @@ pub struct BenchReport {
     pub step_ms_max: f64,
     /// Share of the timed steps spent waiting for the loader.
     pub data_wait_fraction: f64,
+    /// Share of the machine's CPU time a hypervisor took during the timed
+    /// steps ([`crate::train::steal`]); None where it cannot be read.
+    pub cpu_steal_fraction: Option<f64>,
     /// Two-view samples per second of the loader alone, and per worker thread.
     pub data_images_per_sec: f64,
     pub data_images_per_sec_per_worker: f64,
@@ -145,7 +149,11 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
     let mut batches = loader.iter_from(0, 0);
     let mut times = Vec::with_capacity(steps);
     let (mut waited, mut total) = (0.0, 0.0);
+    let mut cpu = None;
     for i in 0..warmup + steps {
+        if i == warmup {
+            cpu = CpuTimes::now();
+        }
         let t = Instant::now();
         let batch = batches.next().ok_or_else(|| Error::data(data, "the loader stopped"))??;
         let w = t.elapsed().as_secs_f64();
@@ -160,6 +168,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
             total += dt;
         }
     }
+    let cpu_steal_fraction = steal_since(cpu);
     let step_ms_median = median(&mut times.clone());
     Ok(BenchReport {
         arch: cfg.model.arch.to_string(),
@@ -176,6 +185,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
         step_ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
         step_ms_max: times.iter().copied().fold(0.0, f64::max),
         data_wait_fraction: waited / total,
+        cpu_steal_fraction,
         data_images_per_sec,
         data_images_per_sec_per_worker: data_images_per_sec / workers as f64,
         peak_rss_mb: peak_rss_mb(),

@@ -19,6 +19,8 @@
 //!   directory a command resumes).
 //! - [`malloc`]: the glibc allocator settings that keep a training step from
 //!   faulting its memory in anew.
+//! - [`steal`]: the CPU time a hypervisor took, reported beside every
+//!   throughput.
 pub mod config;
 pub mod machine;
 pub mod trainer;
@@ -29,6 +31,7 @@ pub mod checkpoint;
 pub mod run_dir;
 pub mod lock;
 pub mod malloc;
+pub mod steal;
 
 pub use lock::DirLock;
 pub use machine::{auto_workers, interrupt_flag, open_loader, open_sharded_loader, pick_device};

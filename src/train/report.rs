@@ -20,6 +20,10 @@ pub struct RunSummary {
     pub wall_s: f64,
     pub images_per_sec: f64,
     pub data_wait_fraction: f64,
+    /// Share of the machine's CPU time a hypervisor took during the run
+    /// ([`crate::train::steal`]); absent where it cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_steal_fraction: Option<f64>,
     pub replaced_images: usize,
     pub device: String,
     pub run_dir: PathBuf,
@@ -38,6 +42,9 @@ pub(super) struct MetricsLine {
     pub(super) momentum: f64,
     pub(super) images_per_sec: f64,
     pub(super) data_wait_fraction: f64,
+    /// Over the window's steps, as in [`RunSummary`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cpu_steal_fraction: Option<f64>,
     pub(super) target_std: f64,
     pub(super) positive_fraction: f64,
     pub(super) replaced_images: usize,

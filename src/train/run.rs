@@ -28,6 +28,7 @@ use crate::train::lock::DirLock;
 use crate::train::machine::{interrupt_flag, open_sharded_loader, pick_device};
 use crate::train::report::{progress_bar, MetricsLine, RunSummary, Window};
 use crate::train::run_dir::{draw_loss_plot, truncate_metrics, RunDir};
+use crate::train::steal::{self, steal_since, CpuTimes};
 use crate::train::trainer::{StepStats, Trainer};
 use crate::{Error, Result};
 
@@ -129,6 +130,9 @@ struct Run<'a> {
     /// The steps since the last metrics line, and all of this process's.
     window: Window,
     totals: Window,
+    /// The CPU counters when the window and this process's steps began.
+    window_cpu: Option<CpuTimes>,
+    run_cpu: Option<CpuTimes>,
 }
 
 /// metrics.jsonl and the TensorBoard file that mirrors it.
@@ -251,6 +255,8 @@ impl<'a> Run<'a> {
             last_loss: None,
             window: Window::default(),
             totals: Window::default(),
+            window_cpu: CpuTimes::now(),
+            run_cpu: CpuTimes::now(),
         })
     }
 
@@ -377,6 +383,7 @@ impl<'a> Run<'a> {
         if step.is_multiple_of(self.cfg.train.log_every) || step == self.stop_at {
             self.write_metrics_line(s)?;
             self.window = Window::default();
+            self.window_cpu = CpuTimes::now();
         }
         self.bar.set_position(step);
         self.bar.set_message(format!(
@@ -402,6 +409,7 @@ impl<'a> Run<'a> {
             momentum: stats.momentum,
             images_per_sec: self.window.images_per_sec(),
             data_wait_fraction: self.window.wait_fraction(),
+            cpu_steal_fraction: steal_since(self.window_cpu),
             target_std: stats.target_std,
             positive_fraction: stats.positive_fraction,
             replaced_images: self.replaced,
@@ -416,13 +424,14 @@ impl<'a> Run<'a> {
         }
         if self.bar.is_hidden() && !self.opts.quiet && self.main {
             eprintln!(
-                "step {step}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  data wait {:.0}%  target std {:.4}",
+                "step {step}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  data wait {:.0}%  target std {:.4}{}",
                 self.stop_at,
                 line.loss_avg,
                 stats.lr,
                 line.images_per_sec,
                 100.0 * line.data_wait_fraction,
                 stats.target_std,
+                steal::shown(line.cpu_steal_fraction).map(|s| format!("  {s}")).unwrap_or_default(),
             );
         }
         Ok(())
@@ -525,6 +534,7 @@ impl<'a> Run<'a> {
             wall_s: self.started.elapsed().as_secs_f64(),
             images_per_sec: self.totals.images_per_sec(),
             data_wait_fraction: self.totals.wait_fraction(),
+            cpu_steal_fraction: steal_since(self.run_cpu),
             replaced_images: self.replaced,
             device: format!("{:?}", self.device),
             run_dir: self.opts.run.root.clone(),

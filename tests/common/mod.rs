@@ -104,6 +104,10 @@ pub fn tiny_voc(root: &Path) {
     std::fs::write(root.join("ImageSets/Segmentation/val.txt"), lists.1).unwrap();
 }
 
+/// The scalars of a metrics line: the host's CPU steal share is one of
+/// them only where Linux reports it.
+pub const TRAIN_SCALARS: usize = if cfg!(target_os = "linux") { 12 } else { 11 };
+
 /// Reads the TensorBoard event files of `dir` with the `tensorboard` Python
 /// package (tests/tensorboard_events.py) and checks that they hold every
 /// number of its metrics.jsonl at every logged step once, and each of

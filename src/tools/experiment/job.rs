@@ -50,6 +50,9 @@ struct Pretrained {
     seconds: f64,
     /// All images over `seconds`.
     images_per_sec: f64,
+    /// The windows' steal shares weighed by their seconds, over those that
+    /// logged one.
+    cpu_steal_fraction: Option<f64>,
 }
 
 /// Each metrics line closes a window of steps since the line before; its
@@ -64,6 +67,8 @@ fn pretrained(metrics: &Path, batch_size: usize) -> Result<Pretrained> {
     struct Line {
         step: u64,
         images_per_sec: f64,
+        #[serde(default)]
+        cpu_steal_fraction: Option<f64>,
     }
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
     let lines = text
@@ -75,13 +80,23 @@ fn pretrained(metrics: &Path, batch_size: usize) -> Result<Pretrained> {
         return Err(Error::data(metrics, "no positive images_per_sec lines"));
     }
     let (mut previous, mut images, mut seconds) = (0, 0.0, 0.0);
+    let (mut stolen, mut steal_seconds) = (0.0, 0.0);
     for l in &lines {
         let window = l.step.saturating_sub(previous) as f64 * batch_size as f64;
+        let s = window / l.images_per_sec;
         images += window;
-        seconds += window / l.images_per_sec;
+        seconds += s;
+        if let Some(f) = l.cpu_steal_fraction {
+            stolen += f * s;
+            steal_seconds += s;
+        }
         previous = l.step;
     }
-    Ok(Pretrained { seconds, images_per_sec: images / seconds })
+    Ok(Pretrained {
+        seconds,
+        images_per_sec: images / seconds,
+        cpu_steal_fraction: (steal_seconds > 0.0).then(|| stolen / steal_seconds),
+    })
 }
 
 /// How a job ended.
@@ -222,6 +237,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         per_class_iou: r.per_class_iou,
         pixel_accuracy: r.pixel_accuracy,
         images_per_sec: pretraining.as_ref().map(|p| p.images_per_sec),
+        cpu_steal_fraction: pretraining.as_ref().and_then(|p| p.cpu_steal_fraction),
         // The evaluations are this session's; the pretraining, every session's.
         wall_s: match &pretraining {
             Some(p) => p.seconds + evaluating.elapsed().as_secs_f64(),
@@ -251,16 +267,19 @@ mod tests {
         let metrics = dir.path().join("metrics.jsonl");
         // Batch 4: windows of 10, 10 and (a resumed session's first) 5 steps,
         // 40, 40 and 20 images, at 20, 10 and 5 images/s: 2 + 4 + 4 seconds.
+        // The first window was logged by a pixpro that did not read steal.
         std::fs::write(
             &metrics,
             "{\"step\":10,\"images_per_sec\":20.0}\n\
-             {\"step\":20,\"images_per_sec\":10.0}\n\
-             {\"step\":25,\"images_per_sec\":5.0}\n",
+             {\"step\":20,\"images_per_sec\":10.0,\"cpu_steal_fraction\":0.5}\n\
+             {\"step\":25,\"images_per_sec\":5.0,\"cpu_steal_fraction\":0.0}\n",
         )
         .unwrap();
         let p = pretrained(&metrics, 4).unwrap();
         assert!((p.seconds - 10.0).abs() < 1e-9, "{}", p.seconds);
         assert!((p.images_per_sec - 10.0).abs() < 1e-9, "{}", p.images_per_sec);
+        // Over the 8 seconds of the windows that logged it: 4 at half, 4 at none.
+        assert_eq!(p.cpu_steal_fraction, Some(0.25));
     }
 
     #[test]

@@ -70,9 +70,15 @@ pub struct JobResult {
     pub pixel_accuracy: f64,
     /// Pretraining images per second over the whole run; `None` for random.
     pub images_per_sec: Option<f64>,
-    /// Pretraining (the part run in the session that finished it) plus every
-    /// evaluation, those run later on the kept checkpoint included.
+    /// Pretraining (its steps in every session) plus every evaluation,
+    /// those run later on the kept checkpoint included; for `[[weights]]`,
+    /// the evaluations alone.
     pub wall_s: f64,
+    /// Share of the CPU time a hypervisor took during the pretraining steps
+    /// ([`crate::train::steal`]): near 0, `images_per_sec` measures the
+    /// code; None where it was not read (not Linux, or an older pixpro).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_steal_fraction: Option<f64>,
     /// Pretraining steps; 0 for random.
     pub steps: u64,
     pub probe: ProbeConfig,
