@@ -106,13 +106,19 @@ fn a_stopped_grid_is_finished_without_rerunning_jobs() {
     assert!(by_id("pixpro-s1").knobs.is_empty());
     assert_eq!(by_id("random-s1").images_per_sec, None);
     assert_eq!(by_id("random-s1").steps, 0);
+    assert_eq!(by_id("random-s1").precision, None);
     let pretrained = by_id("pixpro-s1");
     assert!(pretrained.images_per_sec.is_some_and(|v| v > 0.0));
     assert_eq!((pretrained.steps, pretrained.probe.seed), (3, 1));
+    // The row keeps what the run computed in, as its config.toml does.
+    let precision = pretrained.precision.as_deref().unwrap();
+    let saved = std::fs::read_to_string(out.join("jobs/pixpro-s1/config.toml")).unwrap();
+    assert!(saved.contains(&format!("precision = \"{precision}\"")), "{precision}: {saved}");
     assert!(after.iter().all(|r| r.miou.is_finite() && r.wall_s > 0.0));
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("5 of 5 jobs finished"), "{md}");
+    assert!(md.contains(&format!("Pretraining precision: {precision}.")), "{md}");
     assert!(md.contains("| 0.7 (default) | 1 |"), "{md}");
     assert!(out.join("results.png").exists());
 
@@ -133,6 +139,7 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         wall_s: 60.0,
         cpu_steal_fraction: None,
         steps: if method == "random" { 0 } else { 3 },
+        precision: (method != "random").then(|| "fp32".into()),
         probe: ProbeConfig { image_size: 32, epochs: 2, seed, ..Default::default() },
         started_at: 0,
         finished_at: 60,

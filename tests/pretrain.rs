@@ -94,6 +94,10 @@ fn run_directory_has_config_metrics_and_checkpoints() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["finished"], true);
+    let precision = summary["precision"].as_str().unwrap();
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains(&format!("precision = \"{precision}\"")), "{precision}: {saved}");
+    assert_ne!(precision, "auto", "the summary names what `auto` resolved to");
     // The host's steal share, a fraction, in the summary and every line
     // where Linux has it to read.
     if cfg!(target_os = "linux") {

@@ -26,6 +26,8 @@ pub struct RunSummary {
     pub cpu_steal_fraction: Option<f64>,
     pub replaced_images: usize,
     pub device: String,
+    /// fp32 or bf16: what the run computed in, as `auto` resolved it.
+    pub precision: String,
     pub run_dir: PathBuf,
 }
 

@@ -537,6 +537,7 @@ impl<'a> Run<'a> {
             cpu_steal_fraction: steal_since(self.run_cpu),
             replaced_images: self.replaced,
             device: format!("{:?}", self.device),
+            precision: self.cfg.train.precision.name().to_string(),
             run_dir: self.opts.run.root.clone(),
         }
     }

@@ -53,6 +53,8 @@ struct Pretrained {
     /// The windows' steal shares weighed by their seconds, over those that
     /// logged one.
     cpu_steal_fraction: Option<f64>,
+    /// From the run's summary: metrics.jsonl does not log it.
+    precision: String,
 }
 
 /// Each metrics line closes a window of steps since the line before; its
@@ -62,7 +64,7 @@ struct Pretrained {
 /// (or during it) would otherwise report the last session's time as the
 /// whole. Left out: start-up and the saves between steps, and steps
 /// computed again after a resume from an earlier checkpoint.
-fn pretrained(metrics: &Path, batch_size: usize) -> Result<Pretrained> {
+fn pretrained(metrics: &Path, batch_size: usize, precision: String) -> Result<Pretrained> {
     #[derive(Deserialize)]
     struct Line {
         step: u64,
@@ -96,6 +98,7 @@ fn pretrained(metrics: &Path, batch_size: usize) -> Result<Pretrained> {
         seconds,
         images_per_sec: images / seconds,
         cpu_steal_fraction: (steal_seconds > 0.0).then(|| stolen / steal_seconds),
+        precision,
     })
 }
 
@@ -215,7 +218,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), None, device)?;
         (
             backbone,
-            Some(pretrained(&run.metrics(), job.config.train.batch_size)?),
+            Some(pretrained(&run.metrics(), job.config.train.batch_size, summary.precision)?),
             summary.steps_done,
         )
     };
@@ -244,6 +247,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
             None => clock.elapsed().as_secs_f64(),
         },
         steps,
+        precision: pretraining.as_ref().map(|p| p.precision.clone()),
         probe,
         started_at,
         finished_at: unix_now(),
@@ -275,7 +279,7 @@ mod tests {
              {\"step\":25,\"images_per_sec\":5.0,\"cpu_steal_fraction\":0.0}\n",
         )
         .unwrap();
-        let p = pretrained(&metrics, 4).unwrap();
+        let p = pretrained(&metrics, 4, "fp32".into()).unwrap();
         assert!((p.seconds - 10.0).abs() < 1e-9, "{}", p.seconds);
         assert!((p.images_per_sec - 10.0).abs() < 1e-9, "{}", p.images_per_sec);
         // Over the 8 seconds of the windows that logged it: 4 at half, 4 at none.
@@ -287,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = dir.path().join("metrics.jsonl");
         std::fs::write(&metrics, "{\"step\":10,\"images_per_sec\":0.0}\n").unwrap();
-        let e = pretrained(&metrics, 4).err().unwrap().to_string();
+        let e = pretrained(&metrics, 4, "fp32".into()).err().unwrap().to_string();
         assert!(e.contains("metrics.jsonl"), "{e}");
     }
 }

@@ -170,6 +170,13 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
         .collect();
     commits.sort();
     commits.dedup();
+    let mut precisions: Vec<&str> = results
+        .iter()
+        .filter(|r| plan.jobs.iter().any(|j| j.id == r.id))
+        .filter_map(|r| r.precision.as_deref())
+        .collect();
+    precisions.sort();
+    precisions.dedup();
     let p = &plan.probe;
     let mut md = format!(
         "# Experiment: {}\n\n\
@@ -179,7 +186,7 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
          mIoU is mean ± sample standard deviation over seeds (n); images/s is pretraining \
          throughput; wall time is pretraining (over every session) plus every evaluation, per job, \
          the evaluations alone for `[[weights]]` trained elsewhere.\n\n\
-         Hardware: {}.\n\nCode: pixpro {}.\n\n\
+         Hardware: {}. Pretraining precision: {}.\n\nCode: pixpro {}.\n\n\
          Rerun or finish: `pixpro experiment --plan {} --out OUT`.\n",
         plan.path.display(),
         plan.jobs.len(),
@@ -192,6 +199,7 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
         p.lr,
         p.batch_size,
         if machines.is_empty() { "-".to_string() } else { machines.join("; ") },
+        if precisions.is_empty() { "-".to_string() } else { precisions.join(", ") },
         if commits.is_empty() { "-".to_string() } else { commits.join("; ") },
         plan.path.display(),
     );

@@ -81,6 +81,11 @@ pub struct JobResult {
     pub cpu_steal_fraction: Option<f64>,
     /// Pretraining steps; 0 for random.
     pub steps: u64,
+    /// What pretraining computed in (fp32 or bf16, as `auto` resolved it on
+    /// the machine that began the run); None for random init and
+    /// `[[weights]]`, and in rows of an older pixpro.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     pub probe: ProbeConfig,
     /// Unix seconds when the session that finished the job started it.
     pub started_at: u64,
