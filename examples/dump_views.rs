@@ -47,7 +47,12 @@ fn main() -> anyhow::Result<()> {
     let views = |v: &[f32]| Tensor::from_slice(v).view([n, 3, size, size]);
     let coords = |c: &[f32]| Tensor::from_slice(c).view([n, 4]);
     Tensor::write_safetensors(
-        &[("view1", views(&v1)), ("view2", views(&v2)), ("coords1", coords(&c1)), ("coords2", coords(&c2))],
+        &[
+            ("view1", views(&v1)),
+            ("view2", views(&v2)),
+            ("coords1", coords(&c1)),
+            ("coords2", coords(&c2)),
+        ],
         out,
     )?;
     println!("{n} pairs of {size} px views in {out}");

@@ -24,7 +24,8 @@ fn main() -> anyhow::Result<()> {
         bail!("usage: views_trajectory CONFIG.toml VIEWS.safetensors INIT.safetensors STEPS BATCHES_PER_EPOCH");
     };
     let steps: usize = steps.parse().with_context(|| format!("STEPS {steps}"))?;
-    let per_epoch: usize = per_epoch.parse().with_context(|| format!("BATCHES_PER_EPOCH {per_epoch}"))?;
+    let per_epoch: usize =
+        per_epoch.parse().with_context(|| format!("BATCHES_PER_EPOCH {per_epoch}"))?;
     let cfg = Config::from_toml_file(&PathBuf::from(config), &Config::default())?;
     let views: BTreeMap<String, Tensor> = Tensor::read_safetensors(views)?.into_iter().collect();
     let init: BTreeMap<String, Tensor> = Tensor::read_safetensors(init)?.into_iter().collect();
@@ -33,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     for (group, store) in [("online", &trainer.model.online), ("target", &trainer.model.target)] {
         for (name, mut var) in store.variables() {
             let key = format!("{group}/{name}");
-            let src = init.get(&key).with_context(|| format!("{init:?} lacks {key}", init = args[2]))?;
+            let src =
+                init.get(&key).with_context(|| format!("{init:?} lacks {key}", init = args[2]))?;
             if src.size() != var.size() {
                 bail!("{key}: {:?} in the file, {:?} in the model", src.size(), var.size());
             }
@@ -64,7 +66,13 @@ fn main() -> anyhow::Result<()> {
             replaced: Vec::new(),
         };
         let s = trainer.train_step(&batch)?;
-        println!("{{\"step\": {}, \"loss\": {}, \"lr\": {}, \"momentum\": {}}}", step + 1, s.loss, s.lr, s.momentum);
+        println!(
+            "{{\"step\": {}, \"loss\": {}, \"lr\": {}, \"momentum\": {}}}",
+            step + 1,
+            s.loss,
+            s.lr,
+            s.momentum
+        );
     }
     Ok(())
 }
