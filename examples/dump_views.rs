@@ -1,7 +1,7 @@
 //! Writes the first batches pixpro's loader makes for a run's recipe to a
 //! safetensors file (`view1`, `view2`: `[N, 3, S, S]` normalised; `coords1`,
-//! `coords2`: `[N, 4]`), so that `scripts/augment-compare` can score pixpro's
-//! views and the reference's with one network.
+//! `coords2`: `[N, 4]`), for `scripts/reference-loss` and
+//! `scripts/reference-trajectory`, which feed them to the reference.
 //!
 //! `cargo run --release --example dump_views -- CONFIG.toml IMAGES OUT.safetensors BATCHES`
 use std::path::PathBuf;

@@ -5,15 +5,16 @@
 //!
 //! `cargo run --release --example views_trajectory -- CONFIG.toml VIEWS.safetensors INIT.safetensors STEPS BATCHES_PER_EPOCH`
 //!
-//! VIEWS as the dump_views example writes them; INIT holds every `online/`
-//! and `target/` tensor of a pixpro checkpoint (no optimiser state: it
-//! starts at zero, as a new run's does). BATCHES_PER_EPOCH sets the
+//! VIEWS as the dump_views example writes them; INIT is a pixpro checkpoint
+//! whose `online/` and `target/` tensors are restored (its optimiser state,
+//! if any, is not: it starts at zero, as a new run's does). BATCHES_PER_EPOCH sets the
 //! schedules' length, as the loader of the run being matched has it.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use pixpro::data::loader::Batch;
+use pixpro::train::checkpoint::Checkpoint;
 use pixpro::train::config::Config;
 use pixpro::train::trainer::Trainer;
 use tch::{Device, Tensor};
@@ -28,24 +29,10 @@ fn main() -> anyhow::Result<()> {
         per_epoch.parse().with_context(|| format!("BATCHES_PER_EPOCH {per_epoch}"))?;
     let cfg = Config::from_toml_file(&PathBuf::from(config), &Config::default())?;
     let views: BTreeMap<String, Tensor> = Tensor::read_safetensors(views)?.into_iter().collect();
-    let init: BTreeMap<String, Tensor> = Tensor::read_safetensors(init)?.into_iter().collect();
     let mut trainer = Trainer::new(&cfg, per_epoch, Device::Cpu)?;
-    let mut copied = 0;
-    for (group, store) in [("online", &trainer.model.online), ("target", &trainer.model.target)] {
-        for (name, mut var) in store.variables() {
-            let key = format!("{group}/{name}");
-            let src =
-                init.get(&key).with_context(|| format!("{init:?} lacks {key}", init = args[2]))?;
-            if src.size() != var.size() {
-                bail!("{key}: {:?} in the file, {:?} in the model", src.size(), var.size());
-            }
-            tch::no_grad(|| var.copy_(src));
-            copied += 1;
-        }
-    }
-    if copied != init.len() {
-        bail!("{} holds {} tensors, the model {copied}", args[2], init.len());
-    }
+    let init = Checkpoint::load(Path::new(init))?;
+    init.restore("online", &mut trainer.model.online)?;
+    init.restore("target", &mut trainer.model.target)?;
     let b = cfg.train.batch_size as i64;
     let size = views["view1"].size()[3] as usize;
     for step in 0..steps as i64 {

@@ -130,6 +130,43 @@ def fix_pil_loader():
     contrast.data.dataset.pil_loader = torchvision.datasets.folder.pil_loader
 
 
+# pixpro's checkpoint prefixes and the reference's PixPro module names
+# (inside its DistributedDataParallel wrapper), for moving trained or
+# initial tensors between the two.
+PIXPRO_TO_REFERENCE = {
+    "online/encoder.": "module.encoder.",
+    "online/projector.": "module.projector.",
+    "online/ppm.transform.": "module.value_transform.",
+    "target/encoder.": "module.encoder_k.",
+    "target/projector.": "module.projector_k.",
+}
+
+
+def renamed(state, names):
+    """The tensors of `state` whose names start with a prefix in `names`,
+    that prefix replaced by its value; the others left out."""
+    out = {}
+    for name, tensor in state.items():
+        prefix = next((p for p in names if name.startswith(p)), None)
+        if prefix is not None:
+            out[names[prefix] + name[len(prefix):]] = tensor
+    return out
+
+
+def reference_trainer():
+    """scripts/reference-train as a module (its file name has no .py): its
+    recipe() turns a pixpro config into the reference's flags."""
+    import importlib.machinery
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference-train")
+    loader = importlib.machinery.SourceFileLoader("reference_train", path)
+    spec = importlib.util.spec_from_loader("reference_train", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def reference_options(a, data_dir, flags=()):
     """The reference's own option parser, with the flags of its
     tools/pixpro_base_r50_100ep.sh minus zip, amp and the 8-GPU batch, then

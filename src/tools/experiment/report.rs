@@ -153,30 +153,33 @@ pub(super) fn minutes(s: f64) -> String {
 /// headed by what was run where.
 pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
     let done = plan.jobs.iter().filter(|j| results.iter().any(|r| r.id == j.id)).count();
-    let mut machines: Vec<String> = results
-        .iter()
-        .filter(|r| plan.jobs.iter().any(|j| j.id == r.id))
-        .map(|r| {
+    // What the plan's rows ran on, each distinct value once, sorted; "-" for none.
+    let distinct = |of: &dyn Fn(&JobResult) -> Option<String>, sep: &str| {
+        let mut values: Vec<String> = results
+            .iter()
+            .filter(|r| plan.jobs.iter().any(|j| j.id == r.id))
+            .filter_map(of)
+            .collect();
+        values.sort();
+        values.dedup();
+        if values.is_empty() {
+            "-".to_string()
+        } else {
+            values.join(sep)
+        }
+    };
+    let machines = distinct(
+        &|r| {
             let h = &r.hardware;
-            format!("{} ({} cores, {} threads, {})", h.cpu, h.cores, h.threads, h.device)
-        })
-        .collect();
-    machines.sort();
-    machines.dedup();
-    let mut commits: Vec<String> = results
-        .iter()
-        .filter(|r| plan.jobs.iter().any(|j| j.id == r.id))
-        .map(|r| format!("{} {}", r.version, r.commit.as_deref().unwrap_or("(no git)")))
-        .collect();
-    commits.sort();
-    commits.dedup();
-    let mut precisions: Vec<&str> = results
-        .iter()
-        .filter(|r| plan.jobs.iter().any(|j| j.id == r.id))
-        .filter_map(|r| r.precision.as_deref())
-        .collect();
-    precisions.sort();
-    precisions.dedup();
+            Some(format!("{} ({} cores, {} threads, {})", h.cpu, h.cores, h.threads, h.device))
+        },
+        "; ",
+    );
+    let commits = distinct(
+        &|r| Some(format!("{} {}", r.version, r.commit.as_deref().unwrap_or("(no git)"))),
+        "; ",
+    );
+    let precisions = distinct(&|r| r.precision.clone(), ", ");
     let p = &plan.probe;
     let mut md = format!(
         "# Experiment: {}\n\n\
@@ -198,9 +201,9 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
         p.epochs,
         p.lr,
         p.batch_size,
-        if machines.is_empty() { "-".to_string() } else { machines.join("; ") },
-        if precisions.is_empty() { "-".to_string() } else { precisions.join(", ") },
-        if commits.is_empty() { "-".to_string() } else { commits.join("; ") },
+        machines,
+        precisions,
+        commits,
         plan.path.display(),
     );
     if !plan.protocols.is_empty() {
