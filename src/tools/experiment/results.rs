@@ -134,6 +134,23 @@ pub(super) fn write_results(path: &Path, results: &[JobResult]) -> Result<()> {
     write_atomically(path, json.as_bytes())
 }
 
+/// Records `row` in the results file at `path` and returns the file's rows
+/// as now written: the file is read again first and `row` replaces the row
+/// of its id or is appended, so rows that another process wrote since this
+/// one read the file (a runner of another plan sharing the file, rows
+/// copied in by hand while a grid runs for hours) are kept, not overwritten
+/// by this process's older copy. Two writers can still collide in the
+/// milliseconds between the read and the rename.
+pub(super) fn record(path: &Path, row: &JobResult) -> Result<Vec<JobResult>> {
+    let mut rows = read_results(path)?;
+    match rows.iter_mut().find(|r| r.id == row.id) {
+        Some(old) => *old = row.clone(),
+        None => rows.push(row.clone()),
+    }
+    write_results(path, &rows)?;
+    Ok(rows)
+}
+
 /// The recorded results of the plan's jobs must come from the same budget
 /// and probe recipe, or the tables would mix them.
 pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) -> Result<()> {
@@ -190,4 +207,58 @@ pub fn finished_ids(plan: &Plan, results: &[JobResult]) -> BTreeSet<String> {
         .filter(|j| results.iter().any(|r| r.id == j.id))
         .map(|j| j.id.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, miou: f64) -> JobResult {
+        JobResult {
+            id: id.into(),
+            method: "pixpro".into(),
+            seed: 0,
+            knobs: BTreeMap::new(),
+            miou,
+            per_class_iou: BTreeMap::new(),
+            pixel_accuracy: 0.9,
+            images_per_sec: Some(10.0),
+            wall_s: 60.0,
+            cpu_steal_fraction: None,
+            steps: 3,
+            precision: Some("fp32".into()),
+            probe: ProbeConfig::default(),
+            started_at: 0,
+            finished_at: 60,
+            hardware: Hardware {
+                cpu: "test cpu".into(),
+                cores: 2,
+                threads: 2,
+                device: "Cpu".into(),
+            },
+            version: "0.0.0".into(),
+            commit: None,
+            evaluations: BTreeMap::new(),
+            loss_curve: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn recording_a_row_keeps_the_rows_another_process_wrote_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        // What a runner read when it started: one row.
+        let mine = vec![row("pixpro-s0", 0.1)];
+        write_results(&path, &mine).unwrap();
+        // Meanwhile another process adds its own row to the file.
+        write_results(&path, &[row("pixpro-s0", 0.1), row("byol-s0", 0.2)]).unwrap();
+        let rows = record(&path, &row("pixpro-s1", 0.3)).unwrap();
+        let ids = |rows: &[JobResult]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&rows), ["pixpro-s0", "byol-s0", "pixpro-s1"]);
+        assert_eq!(read_results(&path).unwrap(), rows);
+        // A row of the same id (a protocol measured later) replaces it in place.
+        let rows = record(&path, &row("pixpro-s0", 0.4)).unwrap();
+        assert_eq!(ids(&rows), ["pixpro-s0", "byol-s0", "pixpro-s1"]);
+        assert_eq!(rows[0].miou, 0.4);
+    }
 }

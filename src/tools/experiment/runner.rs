@@ -11,7 +11,7 @@ use super::job::{evaluate_missing, run_job, Outcome};
 use super::plan::{Job, Plan};
 use super::report::{minutes, write_report};
 use super::results::{
-    check_recorded, finished_ids, missing_protocols, read_results, write_results, JobResult,
+    check_recorded, finished_ids, missing_protocols, read_results, record, JobResult,
 };
 use crate::train::DirLock;
 use crate::{Error, Result};
@@ -141,8 +141,7 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
                     todo.len() - k - 1,
                     clock.eta(&todo[k + 1..])
                 ));
-                results.push(*r);
-                write_results(&opts.results, &results)?;
+                results = record(&opts.results, &r)?;
                 write_report(plan, &results, &opts.out)?;
                 report.remaining -= 1;
             }
@@ -201,10 +200,12 @@ fn evaluate_recorded(
                 names.join(", ")
             );
         }
-        evaluate_missing(plan, job, &mut results[*i], &opts.out, opts.quiet)?;
+        let mut row = results[*i].clone();
+        evaluate_missing(plan, job, &mut row, &opts.out, opts.quiet)?;
         report.ran += 1;
-        write_results(&opts.results, results)?;
-        write_report(plan, results, &opts.out)?;
+        let rows = record(&opts.results, &row)?;
+        write_report(plan, &rows, &opts.out)?;
+        results[*i] = row;
     }
     Ok(())
 }
