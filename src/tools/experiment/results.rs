@@ -247,10 +247,8 @@ mod tests {
     fn recording_a_row_keeps_the_rows_another_process_wrote_since() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.json");
-        // What a runner read when it started: one row.
-        let mine = vec![row("pixpro-s0", 0.1)];
-        write_results(&path, &mine).unwrap();
-        // Meanwhile another process adds its own row to the file.
+        // A runner read one row when it started; since, another process
+        // added its own row to the file.
         write_results(&path, &[row("pixpro-s0", 0.1), row("byol-s0", 0.2)]).unwrap();
         let rows = record(&path, &row("pixpro-s1", 0.3)).unwrap();
         let ids = |rows: &[JobResult]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();

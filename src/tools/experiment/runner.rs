@@ -200,12 +200,10 @@ fn evaluate_recorded(
                 names.join(", ")
             );
         }
-        let mut row = results[*i].clone();
-        evaluate_missing(plan, job, &mut row, &opts.out, opts.quiet)?;
+        evaluate_missing(plan, job, &mut results[*i], &opts.out, opts.quiet)?;
         report.ran += 1;
-        let rows = record(&opts.results, &row)?;
+        let rows = record(&opts.results, &results[*i])?;
         write_report(plan, &rows, &opts.out)?;
-        results[*i] = row;
     }
     Ok(())
 }
