@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use pixpro::tools::bench;
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
+use pixpro::train::checkpoint::Checkpoint;
 use pixpro::train::config::{Config, Preset};
 use pixpro::train::{self, events, DirLock, RunDir, RunOptions};
 use pixpro::transfer::backbone::Weights;
@@ -15,21 +17,44 @@ use pixpro::transfer::evaluate::{Evaluation, Evaluator, Protocol, Recipes};
 use super::args::Device;
 use super::eval::summary;
 
-/// Pretraining and the probe of both backbones, measured for the cpu preset
-/// on 2 idle cores; see README.
-const DEMO_MINUTES: f64 = 16.0;
+/// Training steps timed before pretraining, after one untimed: a few
+/// seconds on a fast machine, under a minute on a slow one.
+const TIMED_STEPS: usize = 3;
 
-/// Minutes one backbone's evaluation by `protocol` adds on 2 idle cores:
-/// the fastest of the 15 jobs of docs/results-eval.json (the others shared
-/// the machine), rounded up.
+/// Two-view samples per second of `pixpro bench --preset cpu` on the machine
+/// where the minutes below were measured: 2 idle cores of an AMD EPYC, where
+/// the README's demo ran at 37-38 (docs/results.md, "Throughput").
+const REFERENCE_IMAGES_PER_SEC: f64 = 37.5;
+
+/// Minutes one backbone's evaluation by `protocol` took on that machine: the
+/// fastest of the 15 jobs of docs/results-eval.json (the others shared the
+/// machine), rounded up; the probe's is the demo's 16 minutes less its
+/// 1000 steps of pretraining, over two backbones.
 fn protocol_minutes(protocol: Protocol) -> f64 {
     match protocol {
-        // Part of DEMO_MINUTES.
-        Protocol::Probe => 0.0,
+        Protocol::Probe => 1.0,
         Protocol::Retrieval => 0.5,
         Protocol::Correspondence => 1.25,
         Protocol::Finetune { .. } => 3.0,
     }
+}
+
+/// Minutes of pretraining and of measuring both backbones, for `steps_left`
+/// steps of `batch` samples on a machine that trains at `images_per_sec`.
+/// Pretraining scales with that rate. The evaluations do not: on an EPYC
+/// that pretrains 5.8 times slower than the reference (6.5 images/s), they
+/// took 1.5 times longer (byol-s0 in docs/results-cpu.json against the
+/// fastest eval-grid jobs), which the rate ratio's fourth root matches.
+fn estimate_minutes(
+    steps_left: u64,
+    batch: usize,
+    images_per_sec: f64,
+    protocols: &[Protocol],
+) -> (f64, f64) {
+    let pretraining = steps_left as f64 * batch as f64 / images_per_sec / 60.0;
+    let slower = (REFERENCE_IMAGES_PER_SEC / images_per_sec).powf(0.25);
+    let measuring = 2.0 * protocols.iter().map(|&p| protocol_minutes(p)).sum::<f64>() * slower;
+    (pretraining, measuring)
 }
 
 fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
@@ -70,23 +95,29 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
     if let Some(s) = args.steps {
         cfg.train.steps = s;
     }
-    let minutes =
-        DEMO_MINUTES + 2.0 * args.protocols.iter().map(|&p| protocol_minutes(p)).sum::<f64>();
+    let preset_steps = Preset::Cpu.config().train.steps;
+    let (pretraining, measuring) = estimate_minutes(
+        preset_steps,
+        cfg.train.batch_size,
+        REFERENCE_IMAGES_PER_SEC,
+        &args.protocols,
+    );
     let names: Vec<String> = args.protocols.iter().map(Protocol::to_string).collect();
     eprintln!(
         "pixpro demo: build TuxSeg (real photos with pasted real-object cutouts), pretrain {} at {} px \
          for {} steps (cpu preset), then measure it and a random-init backbone ({}). \
-         About {:.0} minutes for the preset's {} steps on 2 idle CPU cores, longer on a busy or \
-         slower machine (the progress bar shows its own estimate); re-running continues where \
+         About {:.0} minutes for the preset's {} steps on 2 idle cores of a recent server CPU; \
+         this machine's time is measured before pretraining starts. Re-running continues where \
          it stopped.",
         cfg.model.arch,
         cfg.augment.image_size,
         cfg.train.steps,
         names.join(", "),
-        minutes.ceil(),
-        Preset::Cpu.config().train.steps
+        (pretraining + measuring).ceil(),
+        preset_steps
     );
     ensure_tuxseg(&data)?;
+    announce_time(args, &cfg, &data, &run)?;
     eprintln!("[2/3] pretraining into {}", run.display());
     let summary =
         train::pretrain(&cfg, &RunOptions::new(data.join("pretrain"), RunDir::new(&run)))?;
@@ -118,6 +149,32 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
             ours.score - random.score
         );
     }
+    Ok(())
+}
+
+/// Times a few training steps of `cfg` on this machine, as it is loaded
+/// now, and says how long the rest of the demo will take: the start line's
+/// minutes are a fast machine's, and a slow one takes several times longer.
+/// Nothing is timed when the pretraining is already done.
+fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Result<()> {
+    let done = Checkpoint::read_meta(&RunDir::new(run).last_checkpoint()).map_or(0, |m| m.step);
+    let steps_left = cfg.train.steps.saturating_sub(done);
+    if steps_left == 0 {
+        return Ok(());
+    }
+    eprintln!("      timing {TIMED_STEPS} training steps on this machine");
+    let timed = bench::run(cfg, &data.join("pretrain"), 1, TIMED_STEPS)?;
+    let (pretraining, measuring) =
+        estimate_minutes(steps_left, cfg.train.batch_size, timed.images_per_sec, &args.protocols);
+    eprintln!(
+        "      {:.1} images/s here: about {:.0} minutes of pretraining ({steps_left} steps{}) \
+         and {:.0} of measuring, {:.0} in all",
+        timed.images_per_sec,
+        pretraining.ceil(),
+        if done > 0 { format!(", continuing from step {done}") } else { String::new() },
+        measuring.ceil(),
+        (pretraining + measuring).ceil()
+    );
     Ok(())
 }
 
@@ -180,4 +237,28 @@ fn evaluate_both(
         rows.push((a, b));
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_machine_gets_the_readmes_twenty_minutes() {
+        let protocols: Vec<Protocol> =
+            ["probe", "retrieval", "correspondence"].iter().map(|p| p.parse().unwrap()).collect();
+        let cfg = Preset::Cpu.config();
+        let (p, m) = estimate_minutes(cfg.train.steps, cfg.train.batch_size, 37.5, &protocols);
+        assert!((14.0..15.0).contains(&p), "{p}");
+        assert!((19.0..21.0).contains(&(p + m)), "{p} + {m}");
+        // A machine at a fifth of the speed pretrains five times longer but
+        // measures only about 1.5 times longer.
+        let (p5, m5) = estimate_minutes(cfg.train.steps, cfg.train.batch_size, 7.5, &protocols);
+        assert!((p5 / p - 5.0).abs() < 1e-9, "{p5}");
+        assert!((1.4..1.6).contains(&(m5 / m)), "{m5} / {m}");
+        // A run half done has half its pretraining left.
+        let (half, _) =
+            estimate_minutes(cfg.train.steps / 2, cfg.train.batch_size, 37.5, &protocols);
+        assert!((half / p - 0.5).abs() < 1e-9);
+    }
 }

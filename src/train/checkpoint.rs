@@ -83,6 +83,24 @@ pub(crate) fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>), S
     Ok((dtype, t.size().iter().map(|&d| d as usize).collect(), bytes))
 }
 
+/// The `__metadata__` of the safetensors header of `path`, reading the
+/// header and nothing else.
+fn header_metadata(path: &Path) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps its header at 100 MB.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut text = vec![0u8; len as usize];
+    f.read_exact(&mut text).ok()?;
+    let mut header: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    Some(header["__metadata__"].take())
+}
+
 impl Checkpoint {
     /// Saves `groups` of named tensors with `meta` to `path`, atomically.
     pub fn save(path: &Path, meta: &Meta, groups: &[(&str, Vec<(String, Tensor)>)]) -> Result<()> {
@@ -117,21 +135,19 @@ impl Checkpoint {
     /// Whether `path` is a safetensors file whose header says it is a pixpro
     /// checkpoint; only the header is read.
     pub fn is_checkpoint(path: &Path) -> bool {
-        use std::io::Read;
-        let header = || -> Option<serde_json::Value> {
-            let mut f = fs::File::open(path).ok()?;
-            let mut len = [0u8; 8];
-            f.read_exact(&mut len).ok()?;
-            let len = u64::from_le_bytes(len);
-            // safetensors caps its header at 100 MB.
-            if len > 100_000_000 {
-                return None;
-            }
-            let mut text = vec![0u8; len as usize];
-            f.read_exact(&mut text).ok()?;
-            serde_json::from_slice(&text).ok()
-        };
-        header().is_some_and(|h| h["__metadata__"]["format"] == FORMAT_NAME)
+        header_metadata(path).is_some_and(|m| m["format"] == FORMAT_NAME)
+    }
+
+    /// Where the checkpoint at `path` stands, from its header alone: cheap
+    /// where a caller needs the step and not the tensors. None when `path`
+    /// is missing or not a readable pixpro checkpoint ([`Checkpoint::load`]
+    /// says why).
+    pub fn read_meta(path: &Path) -> Option<Meta> {
+        let metadata = header_metadata(path)?;
+        if metadata["format"] != FORMAT_NAME {
+            return None;
+        }
+        serde_json::from_str(metadata["meta"].as_str()?).ok()
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
@@ -283,6 +299,24 @@ mod tests {
             assert!(t.equal(o), "{name} differs after restore");
         }
         assert!(!dir.path().join("c.safetensors.tmp").exists());
+    }
+
+    #[test]
+    fn meta_is_read_from_the_header_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        assert_eq!(Checkpoint::read_meta(&path), None);
+        Checkpoint::save(&path, &meta(), &[("online", named(&store(1)))]).unwrap();
+        assert_eq!(Checkpoint::read_meta(&path), Some(meta()));
+        assert!(Checkpoint::is_checkpoint(&path));
+        // Another safetensors file (weights without our header) has no meta.
+        let other = dir.path().join("w.safetensors");
+        let t = Tensor::ones([2], (Kind::Float, Device::Cpu));
+        let (dtype, shape, bytes) = tensor_bytes(&t).unwrap();
+        let view = TensorView::new(dtype, shape, &bytes).unwrap();
+        fs::write(&other, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+        assert_eq!(Checkpoint::read_meta(&other), None);
+        assert!(!Checkpoint::is_checkpoint(&other));
     }
 
     #[test]

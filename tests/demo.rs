@@ -1,0 +1,76 @@
+//! `pixpro demo` end to end on a small TuxSeg: the time it announces from a
+//! timing of this machine, the table it ends with, continuing a stopped
+//! pretraining, and a re-run that keeps what was measured.
+use std::path::Path;
+use std::process::Command;
+
+fn pixpro(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "pixpro {args:?} panicked:\n{stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tuxseg");
+    let out = tmp.path().join("demo");
+    let (ok, _, err) = pixpro(&[
+        "data",
+        "tuxseg",
+        "--out",
+        path(&data),
+        "--pretrain-images",
+        "40",
+        "--train-images",
+        "6",
+        "--val-images",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    // A pretraining the demo would have left at step 1 of 2.
+    let (ok, _, err) = pixpro(&[
+        "pretrain",
+        "--data",
+        path(&data.join("pretrain")),
+        "--out",
+        path(&out.join("pretrain")),
+        "--preset",
+        "cpu",
+        "--steps",
+        "2",
+        "--stop-at",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+
+    let demo = ["demo", "--out", path(&out), "--data", path(&data), "--steps", "2"];
+    let (ok, table, err) = pixpro(&[&demo[..], &["--protocols", "retrieval"]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("minutes for the preset's 1000 steps on 2 idle cores"), "{err}");
+    let timed =
+        err.lines().find(|l| l.contains("images/s here")).unwrap_or_else(|| panic!("{err}"));
+    assert!(timed.contains("(1 steps, continuing from step 1)"), "{timed}");
+    assert!(timed.contains("minutes of pretraining") && timed.contains("in all"), "{timed}");
+    assert!(err.contains("resuming"), "{err}");
+    assert!(table.contains("pretrained 2 steps against random init"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("| retrieval |")).unwrap_or_else(|| {
+        panic!("{table}");
+    });
+    let cells: Vec<f64> =
+        row.split('|').filter_map(|c| c.trim().parse::<f64>().ok()).collect::<Vec<_>>();
+    assert_eq!(cells.len(), 3, "{row}");
+    assert!((cells[0] - cells[1] - cells[2]).abs() < 2e-4, "difference column: {row}");
+
+    // Done pretraining: nothing is timed again and the measurement is kept.
+    let (ok, again, err) = pixpro(&[&demo[..], &["--protocols", "retrieval"]].concat());
+    assert!(ok, "{err}");
+    assert!(!err.contains("timing"), "{err}");
+    assert!(err.contains("retrieval: mIoU") && err.contains("(kept from an earlier run)"), "{err}");
+    assert_eq!(again.lines().last(), table.lines().last());
+}
