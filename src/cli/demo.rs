@@ -21,15 +21,16 @@ use super::eval::summary;
 /// seconds on a fast machine, under a minute on a slow one.
 const TIMED_STEPS: usize = 3;
 
-/// Two-view samples per second of `pixpro bench --preset cpu` on the machine
-/// where the minutes below were measured: 2 idle cores of an AMD EPYC, where
-/// the README's demo ran at 37-38 (docs/results.md, "Throughput").
+/// Two-view samples per second that the README's demo pretrained at on 2
+/// idle cores of an AMD EPYC (37-38, docs/results.md, "Throughput"): the
+/// machine of the minutes below. The timing before pretraining measures the
+/// same thing, the median training step.
 const REFERENCE_IMAGES_PER_SEC: f64 = 37.5;
 
 /// Minutes one backbone's evaluation by `protocol` took on that machine: the
 /// fastest of the 15 jobs of docs/results-eval.json (the others shared the
-/// machine), rounded up; the probe's is the demo's 16 minutes less its
-/// 1000 steps of pretraining, over two backbones.
+/// machine), rounded up. The probe's is the demo's 16 minutes there less its
+/// 14.2 of pretraining, halved and rounded up.
 fn protocol_minutes(protocol: Protocol) -> f64 {
     match protocol {
         Protocol::Probe => 1.0,
@@ -44,7 +45,9 @@ fn protocol_minutes(protocol: Protocol) -> f64 {
 /// Pretraining scales with that rate. The evaluations do not: on an EPYC
 /// that pretrains 5.8 times slower than the reference (6.5 images/s), they
 /// took 1.5 times longer (byol-s0 in docs/results-cpu.json against the
-/// fastest eval-grid jobs), which the rate ratio's fourth root matches.
+/// fastest eval-grid jobs), which the rate ratio's fourth root matches. That
+/// is one job on one other machine, with test builds beside its pretraining
+/// but not its evaluations: a rough rule, the best one measured.
 fn estimate_minutes(
     steps_left: u64,
     batch: usize,
@@ -157,7 +160,13 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
 /// minutes are a fast machine's, and a slow one takes several times longer.
 /// Nothing is timed when the pretraining is already done.
 fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Result<()> {
-    let done = Checkpoint::read_meta(&RunDir::new(run).last_checkpoint()).map_or(0, |m| m.step);
+    // The checkpoint a resume would start from: last.safetensors, or the
+    // newest numbered copy where that is unreadable.
+    let done = RunDir::new(run)
+        .checkpoint_files()
+        .iter()
+        .find_map(|p| Checkpoint::read_meta(p))
+        .map_or(0, |m| m.step);
     let steps_left = cfg.train.steps.saturating_sub(done);
     if steps_left == 0 {
         return Ok(());
@@ -166,14 +175,14 @@ fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Resu
     let timed = bench::run(cfg, &data.join("pretrain"), 1, TIMED_STEPS)?;
     let (pretraining, measuring) =
         estimate_minutes(steps_left, cfg.train.batch_size, timed.images_per_sec, &args.protocols);
+    let (pretraining, measuring) = (pretraining.ceil(), measuring.ceil());
     eprintln!(
-        "      {:.1} images/s here: about {:.0} minutes of pretraining ({steps_left} steps{}) \
-         and {:.0} of measuring, {:.0} in all",
+        "      {:.1} images/s here: about {pretraining:.0} minutes of pretraining ({steps_left} \
+         step{}{}) and {measuring:.0} of measuring, {:.0} in all",
         timed.images_per_sec,
-        pretraining.ceil(),
+        if steps_left == 1 { "" } else { "s" },
         if done > 0 { format!(", continuing from step {done}") } else { String::new() },
-        measuring.ceil(),
-        (pretraining + measuring).ceil()
+        pretraining + measuring
     );
     Ok(())
 }
@@ -256,6 +265,9 @@ mod tests {
         let (p5, m5) = estimate_minutes(cfg.train.steps, cfg.train.batch_size, 7.5, &protocols);
         assert!((p5 / p - 5.0).abs() < 1e-9, "{p5}");
         assert!((1.4..1.6).contains(&(m5 / m)), "{m5} / {m}");
+        // The README's example: 83 + 9 minutes at 6.5 images/s.
+        let (p65, m65) = estimate_minutes(cfg.train.steps, cfg.train.batch_size, 6.5, &protocols);
+        assert_eq!((p65.ceil(), m65.ceil()), (83.0, 9.0), "{p65} {m65}");
         // A run half done has half its pretraining left.
         let (half, _) =
             estimate_minutes(cfg.train.steps / 2, cfg.train.batch_size, 37.5, &protocols);

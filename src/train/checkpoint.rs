@@ -98,7 +98,7 @@ fn header_metadata(path: &Path) -> Option<serde_json::Value> {
     let mut text = vec![0u8; len as usize];
     f.read_exact(&mut text).ok()?;
     let mut header: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    Some(header["__metadata__"].take())
+    header.as_object_mut()?.remove("__metadata__")
 }
 
 impl Checkpoint {
@@ -140,11 +140,12 @@ impl Checkpoint {
 
     /// Where the checkpoint at `path` stands, from its header alone: cheap
     /// where a caller needs the step and not the tensors. None when `path`
-    /// is missing or not a readable pixpro checkpoint ([`Checkpoint::load`]
-    /// says why).
+    /// is missing or not a pixpro checkpoint of this format version
+    /// ([`Checkpoint::load`] says why); its tensors are not checked.
     pub fn read_meta(path: &Path) -> Option<Meta> {
         let metadata = header_metadata(path)?;
-        if metadata["format"] != FORMAT_NAME {
+        let version = FORMAT_VERSION.to_string();
+        if metadata["format"] != FORMAT_NAME || metadata["version"] != version.as_str() {
             return None;
         }
         serde_json::from_str(metadata["meta"].as_str()?).ok()
@@ -317,6 +318,14 @@ mod tests {
         fs::write(&other, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
         assert_eq!(Checkpoint::read_meta(&other), None);
         assert!(!Checkpoint::is_checkpoint(&other));
+        // A header that is JSON but not an object, and one that is not JSON.
+        for header in [&b"[]"[..], b"{no"] {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header);
+            fs::write(&other, bytes).unwrap();
+            assert_eq!(Checkpoint::read_meta(&other), None);
+            assert!(!Checkpoint::is_checkpoint(&other));
+        }
     }
 
     #[test]
