@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pixpro::tools::experiment::{
-    markdown, read_results, run, write_report, Hardware, JobResult, Plan, RunnerOptions,
+    markdown, missing_protocols, read_results, run, write_report, Hardware, JobResult, Plan,
+    RunnerOptions,
 };
+use pixpro::transfer::evaluate::Protocol;
 use pixpro::transfer::probe::ProbeConfig;
 
 mod common;
@@ -384,6 +386,26 @@ fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
     assert!(e.contains("nowhere") && e.contains("variant[0].pretrain"), "{e}");
     let e = err("[[variant]]\nlabel = \"pixpro\"\nset = { \"train.steps\" = 1 }\n");
     assert!(e.contains("variant[0].label"), "{e}");
+
+    // A variant measured with part of the plan's protocols: its jobs lack
+    // only those, the others all of the plan's.
+    let part = "protocols = [\"retrieval\", \"correspondence\"]\n\
+                [[variant]]\nlabel = \"a\"\nset = { \"train.steps\" = 1 }\nseeds = [0]\n\
+                protocols = [\"probe\", \"correspondence\"]\n";
+    let plan = Plan::load(&write_plan(dir.path(), part)).unwrap();
+    let (variant, plain) = (&plan.jobs[4], &plan.jobs[1]);
+    assert_eq!(variant.id, "pixpro-a-s0");
+    let names = |ps: &[Protocol]| ps.iter().map(Protocol::to_string).collect::<Vec<_>>();
+    assert_eq!(names(&variant.protocols), ["correspondence"]);
+    assert_eq!(names(&plain.protocols), ["retrieval", "correspondence"]);
+    let missing = missing_protocols(&plan, &result("pixpro-a-s0", "pixpro", 0, 0.3, None));
+    assert_eq!(names(&missing), ["correspondence"]);
+    let missing = missing_protocols(&plan, &result("pixpro-s0", "pixpro", 0, 0.3, None));
+    assert_eq!(names(&missing), ["retrieval", "correspondence"]);
+    let e = err(&part.replace("[\"probe\", \"correspondence\"]", "[\"finetune\"]"));
+    assert!(e.contains("variant[0].protocols") && e.contains("`finetune` is not one of"), "{e}");
+    let e = err(&part.replace("[\"probe\", \"correspondence\"]", "[\"nope\"]"));
+    assert!(e.contains("variant[0].protocols") && e.contains("plan.toml"), "{e}");
 }
 
 #[test]

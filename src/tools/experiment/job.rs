@@ -226,7 +226,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
     let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
     drop(backbone);
-    let evaluations = evaluate_all(plan, job, &dir, &plan.protocols, quiet)?.into_iter().collect();
+    let evaluations = evaluate_all(plan, job, &dir, &job.protocols, quiet)?.into_iter().collect();
     let result = JobResult {
         id: job.id.clone(),
         method: job.method.clone(),

@@ -88,6 +88,10 @@ struct VariantFile {
     /// A folder of pretraining images instead of the plan's `data/pretrain`,
     /// relative to the plan file; evaluation stays on the plan's `data/voc`.
     pretrain: Option<PathBuf>,
+    /// Some of the plan's protocols instead of all of them, for a variant
+    /// that one of them cannot tell anything about (a control that learns
+    /// no weights is not worth fine-tuning); the probe always runs.
+    protocols: Option<Vec<String>>,
 }
 
 fn default_variant_method() -> String {
@@ -140,6 +144,9 @@ pub struct Job {
     pub weights: Option<Measured>,
     /// Where a `[[variant]]` job pretrains, if not on the plan's images.
     pub pretrain: Option<PathBuf>,
+    /// What the job is measured with after the probe: the plan's
+    /// protocols, or the part of them its `[[variant]]` names.
+    pub protocols: Vec<Protocol>,
 }
 
 /// A table of the report: rows of jobs that differ only in their seed.
@@ -251,7 +258,7 @@ impl Plan {
         let protocols = protocols(path, &file.protocols)?;
         let base = base_config(path, preset, &file)?;
 
-        let mut grid = Grid::new(base)?;
+        let mut grid = Grid::new(base, protocols.clone())?;
         check_methods(path, &file.methods)?;
         grid.expand_methods(path, &file.methods, &file.seeds)?;
         // Before the ablations: measuring weights takes minutes, and their
@@ -382,6 +389,8 @@ fn check_methods(path: &Path, methods: &[String]) -> Result<()> {
 /// The jobs and report groups as the plan's parts are expanded.
 struct Grid {
     base: Config,
+    /// The plan's protocols, every job's unless its variant names fewer.
+    protocols: Vec<Protocol>,
     /// `base` as a table, to tell which knobs of a job differ from it.
     base_table: toml::Table,
     jobs: Vec<Job>,
@@ -389,9 +398,9 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(base: Config) -> Result<Grid> {
+    fn new(base: Config, protocols: Vec<Protocol>) -> Result<Grid> {
         let base_table = base.to_table()?;
-        Ok(Grid { base, base_table, jobs: Vec::new(), groups: Vec::new() })
+        Ok(Grid { base, protocols, base_table, jobs: Vec::new(), groups: Vec::new() })
     }
 
     /// A job's config and the knobs that set it apart from the base.
@@ -423,6 +432,7 @@ impl Grid {
             config,
             weights: None,
             pretrain: None,
+            protocols: self.protocols.clone(),
         })
     }
 
@@ -549,6 +559,27 @@ impl Grid {
         if seeds.is_empty() {
             return Err(plan_error(path, &format!("{at}.seeds"), "needs at least one seed"));
         }
+        let measured = match &v.protocols {
+            Some(names) => {
+                let key = format!("{at}.protocols");
+                let chosen = protocols(path, names).map_err(|e| match e {
+                    Error::Config { reason, .. } => Error::Config { key: key.clone(), reason },
+                    other => other,
+                })?;
+                if let Some(p) = chosen.iter().find(|p| !self.protocols.contains(p)) {
+                    return Err(plan_error(
+                        path,
+                        &key,
+                        format!(
+                            "`{p}` is not one of the plan's `protocols`, which are the report's \
+                             columns; add it there"
+                        ),
+                    ));
+                }
+                chosen
+            }
+            None => self.protocols.clone(),
+        };
         let mut ids = Vec::new();
         for &seed in seeds {
             let mut job = self.job(&v.method, None, seed)?;
@@ -571,6 +602,7 @@ impl Grid {
                 job.knobs.insert("data.pretrain".into(), toml::Value::String(shown));
             }
             job.pretrain = pretrain.clone();
+            job.protocols = measured.clone();
             job.id = format!("{}-{}-s{seed}", v.method, v.label);
             if self.jobs.iter().any(|j| j.id == job.id) {
                 return Err(plan_error(

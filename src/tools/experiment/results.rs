@@ -195,9 +195,11 @@ pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) ->
     Ok(())
 }
 
-/// The plan's protocols that `r` has not been evaluated with yet.
+/// The protocols the plan asks of `r`'s job (all of the plan's, or its
+/// variant's part of them) that `r` has not been evaluated with yet.
 pub fn missing_protocols(plan: &Plan, r: &JobResult) -> Vec<Protocol> {
-    plan.protocols.iter().copied().filter(|p| r.score(*p).is_none()).collect()
+    let asked = plan.jobs.iter().find(|j| j.id == r.id).map_or(&plan.protocols, |j| &j.protocols);
+    asked.iter().copied().filter(|p| r.score(*p).is_none()).collect()
 }
 
 /// The ids of the plan's jobs already in `results`.
