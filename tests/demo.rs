@@ -1,19 +1,8 @@
 //! `pixpro demo` end to end on a small TuxSeg: the time it announces from a
 //! timing of this machine, the table it ends with, continuing a stopped
 //! pretraining, and a re-run that keeps what was measured.
-use std::path::Path;
-use std::process::Command;
-
-fn pixpro(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "pixpro {args:?} panicked:\n{stderr}");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{pixpro, s};
 
 #[test]
 fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
@@ -24,7 +13,7 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
         "data",
         "tuxseg",
         "--out",
-        path(&data),
+        s(&data),
         "--pretrain-images",
         "40",
         "--train-images",
@@ -37,9 +26,9 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
     let (ok, _, err) = pixpro(&[
         "pretrain",
         "--data",
-        path(&data.join("pretrain")),
+        s(&data.join("pretrain")),
         "--out",
-        path(&out.join("pretrain")),
+        s(&out.join("pretrain")),
         "--preset",
         "cpu",
         "--steps",
@@ -49,17 +38,8 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
     ]);
     assert!(ok, "{err}");
 
-    let demo = [
-        "demo",
-        "--out",
-        path(&out),
-        "--data",
-        path(&data),
-        "--steps",
-        "2",
-        "--protocols",
-        "retrieval",
-    ];
+    let demo =
+        ["demo", "--out", s(&out), "--data", s(&data), "--steps", "2", "--protocols", "retrieval"];
     let (ok, table, err) = pixpro(&demo);
     assert!(ok, "{err}");
     assert!(err.contains("minutes for the preset's 1000 steps on 2 idle cores"), "{err}");

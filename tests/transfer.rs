@@ -9,7 +9,7 @@ use pixpro::train::config::Config;
 use pixpro::train::{pretrain, RunDir, RunOptions};
 
 mod common;
-use common::tiny_voc;
+use common::{pixpro, s, tiny_voc};
 
 /// Output stride 32 so that the Python side can run torchvision's ResNet
 /// (which has no dilated ResNet-18) on the exported weights.
@@ -47,17 +47,6 @@ fn checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
     let opts = RunOptions { quiet: true, ..RunOptions::new(&data, RunDir::new(&run)) };
     pretrain(&cfg, &opts).unwrap();
     (run.join("checkpoints/last.safetensors"), data)
-}
-
-fn pixpro(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "pixpro {args:?} panicked:\n{stderr}");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -8,6 +8,20 @@ use std::process::Command;
 use pixpro::train::checkpoint::Checkpoint;
 use pixpro::train::{RunDir, RunOptions};
 
+/// Runs the pixpro binary: whether it succeeded, its stdout and stderr. A
+/// panic fails the test whatever the exit status.
+pub fn pixpro(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixpro")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "pixpro {args:?} panicked:\n{stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// A tiny network and data set so that a step takes milliseconds.
 pub const TINY: &str = r#"
 [model]
