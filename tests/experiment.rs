@@ -320,6 +320,54 @@ fn step_ablations_of_several_methods_make_the_compute_curves() {
 }
 
 #[test]
+fn a_compute_plans_variant_is_a_level_drawn_across_and_paired_with_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["data/pretrain", "data/voc"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    let extra = "[[ablation]]\nkey = \"train.steps\"\nvalues = [2]\nseeds = [0]\n\n\
+                 [[variant]]\nlabel = \"ctl\"\nset = { \"optim.lr_per_256\" = 1e-12 }\n";
+    let plan = Plan::load(&write_plan(dir.path(), extra)).unwrap();
+    let with_steps = |id: &str, seed: u64, miou: f64, steps: u64| JobResult {
+        steps,
+        ..result(id, "pixpro", seed, miou, Some(10.0))
+    };
+    let results = vec![
+        result("random-s0", "random", 0, 0.20, None),
+        result("random-s1", "random", 1, 0.24, None),
+        with_steps("pixpro-s0", 0, 0.35, 3),
+        with_steps("pixpro-s1", 1, 0.45, 3),
+        with_steps("pixpro-steps=2-s0", 0, 0.30, 2),
+        with_steps("pixpro-ctl-s0", 0, 0.25, 3),
+        with_steps("pixpro-ctl-s1", 1, 0.27, 3),
+    ];
+    let report = |results: &[JobResult], name: &str| {
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        write_report(&plan, results, &out).unwrap();
+        let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+        let png = image::open(out.join("compute.png")).unwrap().to_rgb8();
+        (md, png)
+    };
+    let (md, png) = report(&results, "with");
+    let section = &md[md.find("## Quality against compute").expect("a compute section")..];
+    // Seeds 0 and 1 at 3 steps: 0.10 and 0.18, sample std 0.0566.
+    assert!(
+        section.contains("| 3 | pixpro − pixpro ctl (3 steps) | 2 | +0.1400 ± 0.0566 |"),
+        "{section}"
+    );
+    assert!(section.contains("| 2 | pixpro − pixpro ctl (3 steps) | 1 | +0.0500 |"), "{section}");
+    // Bands take their colours in order: pixpro's curve, random init, then
+    // the control, the third colour, which nothing else in the picture has.
+    let third = image::Rgb([30u8, 140, 60]);
+    let count = |png: &image::RgbImage| png.pixels().filter(|p| **p == third).count();
+    assert!(count(&png) > 0, "the control is drawn");
+    let (md, png) = report(&results[..5], "without");
+    assert!(!md.contains("ctl (3 steps) |"), "no finished control, no pair");
+    assert_eq!(count(&png), 0, "no finished control, no level");
+}
+
+#[test]
 fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     for part in ["data/pretrain", "data/voc", "empty"] {

@@ -1,10 +1,16 @@
 //! Quality against compute: the plan's ablations of `train.steps`, one per
 //! method, read as curves. `compute.png` has a panel per protocol, a line
 //! per method through its step counts (mean, with a mean ± std band over
-//! seeds) against the images pretraining saw, and random init drawn flat
-//! across; results.md gets the differences paired by seed at each step
-//! count, against random init and between pixpro and byol, so a reader
-//! sees where (if anywhere) pretraining pulls away and how fast.
+//! seeds) against the images pretraining saw, and random init and the
+//! plan's variants drawn flat across; results.md gets the differences
+//! paired by seed at each step count, against random init, between pixpro
+//! and byol and against each variant, so a reader sees where (if anywhere)
+//! pretraining pulls away and how fast.
+//!
+//! A variant is a single configuration, not a curve: in a compute plan it
+//! is a control (the BatchNorm-statistics one: weights left at their
+//! initialisation), a level the curves must clear to show learning, as
+//! random init is.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -73,6 +79,21 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
         .iter()
         .find(|g| g.title == "Methods")
         .and_then(|g| g.rows.iter().find(|r| r.label == "random"));
+    let controls: Vec<(String, &[String])> = plan
+        .groups
+        .iter()
+        .filter(|g| g.title == "Variants")
+        .flat_map(|g| &g.rows)
+        .map(|r| {
+            let steps =
+                plan.jobs.iter().find(|j| r.ids.contains(&j.id)).map(|j| j.config.train.steps);
+            let label = match steps {
+                Some(s) => format!("{} ({s} steps)", r.label),
+                None => r.label.clone(),
+            };
+            (label, r.ids.as_slice())
+        })
+        .collect();
     let protocols: Vec<Protocol> =
         std::iter::once(Protocol::Probe).chain(plan.protocols.iter().copied()).collect();
     let all_steps: Vec<u64> = {
@@ -105,6 +126,12 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
             let points = vec![(x_lo, m, lo, hi), (x_hi, m, lo, hi)];
             bands.push(Band { label: "random init".into(), points, measured: false });
         }
+        for (label, ids) in &controls {
+            if let Some((m, lo, hi)) = spread(results, ids, p) {
+                let points = vec![(x_lo, m, lo, hi), (x_hi, m, lo, hi)];
+                bands.push(Band { label: label.clone(), points, measured: false });
+            }
+        }
         bands.retain(|b| !b.points.is_empty());
         if !bands.is_empty() {
             let title = format!("{} {}, mean ± std over seeds", p.heading(), p.score_name());
@@ -117,8 +144,8 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
     let mut md = format!(
         "\n## Quality against compute\n\nEvery score against the images pretraining saw \
          (steps x batch {batch}) in compute.png: a line per method, mean ± std over seeds, \
-         random init flat across. Differences paired by seed at each step count (mean ± \
-         sample std; n seeds):\n\n| steps | pair | n |{}\n|---:|---|---:|{}\n",
+         random init and each variant flat across. Differences paired by seed at each step \
+         count (mean ± sample std; n seeds):\n\n| steps | pair | n |{}\n|---:|---|---:|{}\n",
         protocols.iter().map(|p| format!(" {} |", p.heading())).collect::<String>(),
         "---:|".repeat(protocols.len())
     );
@@ -134,6 +161,13 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
         }
         if let (Some(p), Some(b)) = (at("pixpro", steps), at("byol", steps)) {
             pairs.push(("pixpro − byol".into(), p, b));
+        }
+        for (method, curve) in &curves {
+            for (label, control) in &controls {
+                if let Some(ids) = curve.get(&steps) {
+                    pairs.push((format!("{method} − {label}"), ids, control));
+                }
+            }
         }
         for (label, a, b) in pairs {
             let n = paired(results, a, b, Protocol::Probe).len();
