@@ -128,6 +128,11 @@ fn a_stopped_grid_is_finished_without_rerunning_jobs() {
     assert_eq!((third.ran, third.skipped), (0, 5));
 }
 
+/// A pretrained job's row that ran `steps` steps.
+fn with_steps(id: &str, method: &str, seed: u64, miou: f64, steps: u64) -> JobResult {
+    JobResult { steps, ..result(id, method, seed, miou, Some(10.0)) }
+}
+
 fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f64>) -> JobResult {
     JobResult {
         id: id.into(),
@@ -271,10 +276,6 @@ fn step_ablations_of_several_methods_make_the_compute_curves() {
     let byol = plan.jobs.iter().find(|j| j.id == "byol-s0").unwrap();
     assert_eq!(byol.config.model.method.name(), "byol");
 
-    let with_steps = |id: &str, method: &str, seed: u64, miou: f64, steps: u64| JobResult {
-        steps,
-        ..result(id, method, seed, miou, Some(10.0))
-    };
     let results = vec![
         result("random-s0", "random", 0, 0.20, None),
         result("random-s1", "random", 1, 0.24, None),
@@ -328,18 +329,14 @@ fn a_compute_plans_variant_is_a_level_drawn_across_and_paired_with_every_point()
     let extra = "[[ablation]]\nkey = \"train.steps\"\nvalues = [2]\nseeds = [0]\n\n\
                  [[variant]]\nlabel = \"ctl\"\nset = { \"optim.lr_per_256\" = 1e-12 }\n";
     let plan = Plan::load(&write_plan(dir.path(), extra)).unwrap();
-    let with_steps = |id: &str, seed: u64, miou: f64, steps: u64| JobResult {
-        steps,
-        ..result(id, "pixpro", seed, miou, Some(10.0))
-    };
     let results = vec![
         result("random-s0", "random", 0, 0.20, None),
         result("random-s1", "random", 1, 0.24, None),
-        with_steps("pixpro-s0", 0, 0.35, 3),
-        with_steps("pixpro-s1", 1, 0.45, 3),
-        with_steps("pixpro-steps=2-s0", 0, 0.30, 2),
-        with_steps("pixpro-ctl-s0", 0, 0.25, 3),
-        with_steps("pixpro-ctl-s1", 1, 0.27, 3),
+        with_steps("pixpro-s0", "pixpro", 0, 0.35, 3),
+        with_steps("pixpro-s1", "pixpro", 1, 0.45, 3),
+        with_steps("pixpro-steps=2-s0", "pixpro", 0, 0.30, 2),
+        with_steps("pixpro-ctl-s0", "pixpro", 0, 0.25, 3),
+        with_steps("pixpro-ctl-s1", "pixpro", 1, 0.27, 3),
     ];
     let report = |results: &[JobResult], name: &str| {
         let out = dir.path().join(name);

@@ -122,11 +122,8 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
                 Band { label: method.clone(), points, measured: true }
             })
             .collect();
-        if let Some((m, lo, hi)) = random.and_then(|r| spread(results, &r.ids, p)) {
-            let points = vec![(x_lo, m, lo, hi), (x_hi, m, lo, hi)];
-            bands.push(Band { label: "random init".into(), points, measured: false });
-        }
-        for (label, ids) in &controls {
+        let random_level = random.map(|r| ("random init".to_string(), r.ids.as_slice()));
+        for (label, ids) in random_level.iter().chain(&controls) {
             if let Some((m, lo, hi)) = spread(results, ids, p) {
                 let points = vec![(x_lo, m, lo, hi), (x_hi, m, lo, hi)];
                 bands.push(Band { label: label.clone(), points, measured: false });
@@ -163,10 +160,9 @@ pub(super) fn compute_section(plan: &Plan, results: &[JobResult], out: &Path) ->
             pairs.push(("pixpro − byol".into(), p, b));
         }
         for (method, curve) in &curves {
+            let Some(ids) = curve.get(&steps) else { continue };
             for (label, control) in &controls {
-                if let Some(ids) = curve.get(&steps) {
-                    pairs.push((format!("{method} − {label}"), ids, control));
-                }
+                pairs.push((format!("{method} − {label}"), ids, control));
             }
         }
         for (label, a, b) in pairs {
