@@ -453,6 +453,104 @@ fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
     assert!(e.contains("variant[0].protocols") && e.contains("plan.toml"), "{e}");
 }
 
+/// `r` with a retrieval score.
+fn with_retrieval(r: JobResult, score: f64) -> JobResult {
+    let e = pixpro::transfer::evaluate::Evaluation {
+        protocol: "retrieval".into(),
+        weights: String::new(),
+        arch: "resnet18".into(),
+        output_stride: 16,
+        data: PathBuf::new(),
+        recipe: serde_json::Value::Null,
+        score_name: "mIoU".into(),
+        score,
+        per_class_iou: None,
+        wall_s: 1.0,
+        details: serde_json::Value::Null,
+    };
+    JobResult { evaluations: BTreeMap::from([("retrieval".to_string(), e)]), ..r }
+}
+
+#[test]
+fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["data/pretrain", "data/voc"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+    }
+    let extra = "protocols = [\"retrieval\"]\n\
+                 [selection]\nprotocols = [\"probe\", \"retrieval\"]\n\
+                 [[variant]]\nlabel = \"a\"\nset = { \"train.steps\" = 4 }\nseeds = [0]\n\
+                 [[variant]]\nlabel = \"b\"\nset = { \"train.steps\" = 5 }\nseeds = [0]\n\
+                 [[variant]]\nlabel = \"c\"\nset = { \"train.steps\" = 6 }\nseeds = [0]\n\
+                 [[variant]]\nlabel = \"d\"\nmethod = \"byol\"\nset = { \"train.steps\" = 4 }\n\
+                 seeds = [0]\n"
+        .to_string()
+        + ABLATION;
+    let plan = Plan::load(&write_plan(dir.path(), &extra)).unwrap();
+    let r = |id: &str, method: &str, seed: u64, probe: f64, retrieval: f64| {
+        with_retrieval(result(id, method, seed, probe, Some(10.0)), retrieval)
+    };
+    let results = vec![
+        r("random-s0", "random", 0, 0.90, 0.90),
+        // The preset: mean probe 0.30, retrieval 0.20.
+        r("pixpro-s0", "pixpro", 0, 0.28, 0.21),
+        r("pixpro-s1", "pixpro", 1, 0.32, 0.19),
+        // a: best probe, worst retrieval; b: second on both; c: tied with
+        // the preset on retrieval, last on the probe.
+        r("pixpro-a-s0", "pixpro", 0, 0.40, 0.10),
+        r("pixpro-b-s0", "pixpro", 0, 0.35, 0.25),
+        r("pixpro-c-s0", "pixpro", 0, 0.20, 0.20),
+        // Not a candidate: another method, however good.
+        r("byol-d-s0", "byol", 0, 0.99, 0.99),
+        // Measured on the probe only so far: listed, unranked.
+        result("pixpro-threshold=1.4-s0", "pixpro", 0, 0.50, Some(10.0)),
+    ];
+    let selection = plan.selection.as_ref().unwrap();
+    let (ranked, waiting) = pixpro::tools::experiment::rank(&plan, selection, &results);
+    let order: Vec<(&str, Vec<f64>, f64)> =
+        ranked.iter().map(|r| (r.label.as_str(), r.ranks.clone(), r.mean_rank)).collect();
+    // probe: a 1, b 2, preset 3, c 4; retrieval: b 1, preset and c 2.5, a 4.
+    assert_eq!(
+        order,
+        [
+            ("pixpro b", vec![2.0, 1.0], 1.5),
+            ("pixpro a", vec![1.0, 4.0], 2.5),
+            ("pixpro", vec![3.0, 2.5], 2.75),
+            ("pixpro c", vec![4.0, 2.5], 3.25),
+        ]
+    );
+    // The ablation's default is the preset's row again, not a candidate of its own.
+    assert_eq!(waiting, ["model.threshold = 1.4"]);
+    let md = markdown(&plan, &results);
+    assert!(md.contains("chosen so far: **pixpro b** (mean rank 1.50)"), "{md}");
+    assert!(
+        md.contains("| 3 | pixpro | 2 | 0.3000 ± 0.0283 (3) | 0.2000 ± 0.0141 (2.5) | 2.75 |"),
+        "{md}"
+    );
+    assert!(md.contains("| - | model.threshold = 1.4 | - | - | - | - |"), "{md}");
+
+    // Equal mean ranks go to the better probe. retrieval: c 1, preset 2,
+    // b 3, a 4; so a, b and the preset all have 2.5.
+    let mut tied = results.clone();
+    tied[4] = r("pixpro-b-s0", "pixpro", 0, 0.35, 0.15);
+    tied[5] = r("pixpro-c-s0", "pixpro", 0, 0.20, 0.30);
+    let (ranked, _) = pixpro::tools::experiment::rank(&plan, selection, &tied);
+    let order: Vec<(&str, f64)> = ranked.iter().map(|r| (r.label.as_str(), r.mean_rank)).collect();
+    assert_eq!(order, [("pixpro a", 2.5), ("pixpro b", 2.5), ("pixpro", 2.5), ("pixpro c", 2.5)]);
+
+    let err = |extra: &str| Plan::load(&write_plan(dir.path(), extra)).unwrap_err().to_string();
+    let e = err("[selection]\nprotocols = [\"retrieval\"]\n");
+    assert!(e.contains("selection.protocols") && e.contains("plan.toml"), "{e}");
+    let e = err("[selection]\nprotocols = [\"probe\", \"probe\"]\n");
+    assert!(e.contains("selection.protocols") && e.contains("twice"), "{e}");
+    let e = err("[selection]\nprotocols = []\n");
+    assert!(e.contains("selection.protocols"), "{e}");
+    let e = err("[selection]\nprotocols = [\"probe\"]\nmethod = \"byol\"\n");
+    assert!(e.contains("selection.method") && e.contains("byol"), "{e}");
+    let e = err("[selection]\nprotocols = [\"probe\"]\nmethod = \"random\"\n");
+    assert!(e.contains("selection.method"), "{e}");
+}
+
 #[test]
 fn the_report_gives_mean_and_sample_std_over_seeds() {
     let dir = tempfile::tempdir().unwrap();

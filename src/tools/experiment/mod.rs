@@ -21,6 +21,8 @@
 //!   (loss.png, and their final losses in results.md).
 //! - [`compute`]: the `train.steps` ablations as quality against compute
 //!   (compute.png, and paired differences at each step count).
+//! - [`selection`]: the plan's `[selection]` rule applied: every candidate
+//!   recipe ranked, and the one it picks.
 //! - [`runner`]: the loop over the jobs not yet recorded, then over the
 //!   recorded ones a protocol of the plan has not measured yet.
 pub mod plan;
@@ -29,9 +31,11 @@ pub mod results;
 pub mod report;
 pub mod losses;
 pub mod compute;
+pub mod selection;
 pub mod runner;
 
-pub use plan::{method_names, Group, Job, Plan, Row};
+pub use plan::{method_names, Group, Job, Plan, Row, Selection};
 pub use report::{markdown, summarize, write_report, RowSummary};
 pub use results::{finished_ids, missing_protocols, read_results, Hardware, JobResult};
 pub use runner::{run, RunReport, RunnerOptions};
+pub use selection::{rank, Ranked};

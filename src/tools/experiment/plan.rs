@@ -56,6 +56,7 @@ struct PlanFile {
     weights: Vec<WeightsFile>,
     #[serde(default)]
     overrides: toml::Table,
+    selection: Option<SelectionFile>,
 }
 
 fn default_preset() -> String {
@@ -116,6 +117,28 @@ struct WeightsFile {
     /// line and step (what scripts/reference-train writes as loss.jsonl),
     /// relative to the plan file: drawn beside the methods' in loss.png.
     losses: Option<PathBuf>,
+}
+
+/// `[selection]`: the rule that picks one recipe out of the plan's rows,
+/// written into the plan before any job runs so that the choice is made by
+/// the rule, not by eye.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectionFile {
+    /// The protocols the rows are ranked on; `probe` may be one of them.
+    protocols: Vec<String>,
+    /// Whose rows are the candidates [default: pixpro].
+    #[serde(default = "default_variant_method")]
+    method: String,
+}
+
+/// A checked `[selection]`: the rows of `method`, in every table, ranked on
+/// each of `protocols` by their mean over seeds; the chosen one has the
+/// lowest mean rank, ties going to the better mean on the first protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub method: String,
+    pub protocols: Vec<Protocol>,
 }
 
 /// What a `[[weights]]` job measures.
@@ -181,6 +204,7 @@ pub struct Plan {
     pub protocols: Vec<Protocol>,
     pub jobs: Vec<Job>,
     pub groups: Vec<Group>,
+    pub selection: Option<Selection>,
 }
 
 /// Error of a plan key, naming the plan file.
@@ -283,6 +307,10 @@ impl Plan {
                 "the plan has no jobs: name methods, ablations, variants or weights",
             ));
         }
+        let selection = match &file.selection {
+            Some(s) => Some(selection(path, s, &protocols, &grid.jobs)?),
+            None => None,
+        };
         Ok(Plan {
             path: path.to_path_buf(),
             data,
@@ -294,6 +322,7 @@ impl Plan {
             protocols,
             jobs: grid.jobs,
             groups: grid.groups,
+            selection,
         })
     }
 }
@@ -353,6 +382,47 @@ fn protocols(path: &Path, names: &[String]) -> Result<Vec<Protocol>> {
         }
     }
     Ok(out)
+}
+
+/// `[selection]` checked against the plan: protocols it measures, each
+/// once, and a method some trained job of the plan has.
+fn selection(
+    path: &Path,
+    file: &SelectionFile,
+    measured: &[Protocol],
+    jobs: &[Job],
+) -> Result<Selection> {
+    check_pretraining(path, "selection.method", &file.method)?;
+    if !jobs.iter().any(|j| j.method == file.method && j.weights.is_none()) {
+        return Err(plan_error(
+            path,
+            "selection.method",
+            format!("no job of the plan pretrains `{}`: nothing to choose from", file.method),
+        ));
+    }
+    if file.protocols.is_empty() {
+        return Err(plan_error(path, "selection.protocols", "needs at least one protocol"));
+    }
+    let mut chosen: Vec<Protocol> = Vec::new();
+    for name in &file.protocols {
+        let p: Protocol = name.parse().map_err(|e| plan_error(path, "selection.protocols", e))?;
+        if chosen.contains(&p) {
+            return Err(plan_error(
+                path,
+                "selection.protocols",
+                format!("`{name}` is named twice"),
+            ));
+        }
+        if p != Protocol::Probe && !measured.contains(&p) {
+            return Err(plan_error(
+                path,
+                "selection.protocols",
+                format!("`{name}` is not one of the plan's `protocols`, so no job measures it"),
+            ));
+        }
+        chosen.push(p);
+    }
+    Ok(Selection { method: file.method.clone(), protocols: chosen })
 }
 
 /// The preset with the plan's `[overrides]` and `steps`: what every job

@@ -9,6 +9,7 @@ use super::compute::compute_section;
 use super::losses::loss_section;
 use super::plan::{Group, Plan, Row};
 use super::results::{mean_std, JobResult};
+use super::selection::selection_section;
 use crate::files::write_atomically;
 use crate::plots::{plot_bars, Bar, BarPanel};
 use crate::transfer::evaluate::Protocol;
@@ -244,7 +245,7 @@ pub fn markdown(plan: &Plan, results: &[JobResult]) -> String {
         }
         md.push_str(&differences(plan, group, results));
     }
-    md
+    md + &selection_section(plan, results)
 }
 
 /// The bar chart of the report: a panel per group and protocol, mean ± std
