@@ -483,7 +483,8 @@ fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
                  [[variant]]\nlabel = \"b\"\nset = { \"train.steps\" = 5 }\nseeds = [0]\n\
                  [[variant]]\nlabel = \"c\"\nset = { \"train.steps\" = 6 }\nseeds = [0]\n\
                  [[variant]]\nlabel = \"d\"\nmethod = \"byol\"\nset = { \"train.steps\" = 4 }\n\
-                 seeds = [0]\n"
+                 seeds = [0]\n\
+                 [[ablation]]\nkey = \"model.ppm_gamma\"\nvalues = [2.0, 4.0]\nseeds = [0, 1, 2]\n"
         .to_string()
         + ABLATION;
     let plan = Plan::load(&write_plan(dir.path(), &extra)).unwrap();
@@ -504,6 +505,9 @@ fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
         r("byol-d-s0", "byol", 0, 0.99, 0.99),
         // Measured on the probe only so far: listed, unranked.
         result("pixpro-threshold=1.4-s0", "pixpro", 0, 0.50, Some(10.0)),
+        // The preset's third seed, which only the gamma ablation asks for,
+        // so far without retrieval: in the probe's mean, not retrieval's.
+        result("pixpro-s2", "pixpro", 2, 0.30, Some(10.0)),
     ];
     let selection = plan.selection.as_ref().unwrap();
     let (ranked, waiting) = pixpro::tools::experiment::rank(&plan, selection, &results);
@@ -519,12 +523,14 @@ fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
             ("pixpro c", vec![4.0, 2.5], 3.25),
         ]
     );
-    // The ablation's default is the preset's row again, not a candidate of its own.
-    assert_eq!(waiting, ["model.threshold = 1.4"]);
+    // The ablations' defaults, at fewer seeds (threshold) or more (gamma),
+    // are the preset's recipe again, not candidates of their own.
+    assert_eq!(waiting, ["model.ppm_gamma = 4.0", "model.threshold = 1.4"]);
     let md = markdown(&plan, &results);
     assert!(md.contains("chosen so far: **pixpro b** (mean rank 1.50)"), "{md}");
+    // n is the seeds of the protocol measured on fewest (retrieval's 2).
     assert!(
-        md.contains("| 3 | pixpro | 2 | 0.3000 ± 0.0283 (3) | 0.2000 ± 0.0141 (2.5) | 2.75 |"),
+        md.contains("| 3 | pixpro | 2 | 0.3000 ± 0.0200 (3) | 0.2000 ± 0.0141 (2.5) | 2.75 |"),
         "{md}"
     );
     assert!(md.contains("| - | model.threshold = 1.4 | - | - | - | - |"), "{md}");
@@ -548,7 +554,10 @@ fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
     let e = err("[selection]\nprotocols = [\"probe\"]\nmethod = \"byol\"\n");
     assert!(e.contains("selection.method") && e.contains("byol"), "{e}");
     let e = err("[selection]\nprotocols = [\"probe\"]\nmethod = \"random\"\n");
-    assert!(e.contains("selection.method"), "{e}");
+    assert!(e.contains("selection.method") && e.contains("choose"), "{e}");
+    let e = err("protocols = [\"retrieval\"]\n[selection]\nprotocols = [\"retrieval\"]\n\
+                 [[variant]]\nlabel = \"a\"\nset = { \"train.steps\" = 4 }\nprotocols = [\"probe\"]\n");
+    assert!(e.contains("selection.protocols") && e.contains("pixpro-a-s0"), "{e}");
 }
 
 #[test]

@@ -138,6 +138,7 @@ struct SelectionFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
     pub method: String,
+    /// Never empty, each once, each measured on every job of `method`.
     pub protocols: Vec<Protocol>,
 }
 
@@ -392,8 +393,17 @@ fn selection(
     measured: &[Protocol],
     jobs: &[Job],
 ) -> Result<Selection> {
+    if file.method == "random" {
+        return Err(plan_error(
+            path,
+            "selection.method",
+            "`random` is not pretrained: there are no recipes of it to choose between",
+        ));
+    }
     check_pretraining(path, "selection.method", &file.method)?;
-    if !jobs.iter().any(|j| j.method == file.method && j.weights.is_none()) {
+    let candidates: Vec<&Job> =
+        jobs.iter().filter(|j| j.method == file.method && j.weights.is_none()).collect();
+    if candidates.is_empty() {
         return Err(plan_error(
             path,
             "selection.method",
@@ -418,6 +428,21 @@ fn selection(
                 path,
                 "selection.protocols",
                 format!("`{name}` is not one of the plan's `protocols`, so no job measures it"),
+            ));
+        }
+        // A variant measured with part of the plan's protocols would wait
+        // for this score for ever, never ranked.
+        if let Some(j) =
+            candidates.iter().find(|j| p != Protocol::Probe && !j.protocols.contains(&p))
+        {
+            return Err(plan_error(
+                path,
+                "selection.protocols",
+                format!(
+                    "ranks on `{name}`, which job `{}` does not measure (its variant's \
+                     `protocols` leave it out)",
+                    j.id
+                ),
             ));
         }
         chosen.push(p);

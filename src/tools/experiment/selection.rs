@@ -17,9 +17,10 @@ use crate::transfer::evaluate::Protocol;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ranked {
     pub label: String,
-    /// Seeds finished.
+    /// Seeds behind the mean of the protocol measured on fewest.
     pub n: usize,
-    /// Per protocol of the selection, in its order.
+    /// Per protocol of the selection, in its order: mean over seeds, sample
+    /// std (none for one seed), and rank among the candidates.
     pub means: Vec<f64>,
     pub stds: Vec<Option<f64>>,
     pub ranks: Vec<f64>,
@@ -35,13 +36,11 @@ fn candidate_label(row_name: &str, row: &Row) -> String {
     }
 }
 
-/// The candidates in rank order (chosen first), then the labels of those
-/// not yet measured on every protocol of the selection.
-pub fn rank(
-    plan: &Plan,
-    selection: &Selection,
-    results: &[JobResult],
-) -> (Vec<Ranked>, Vec<String>) {
+/// The recipes among the plan's rows, each once with all of its jobs: an
+/// ablation's default value is the Methods row's recipe again, at fewer
+/// seeds or more, so rows that share a job are one candidate, named by the
+/// first.
+fn candidates(plan: &Plan, selection: &Selection) -> Vec<(String, Vec<String>)> {
     let of_method = |row: &Row| {
         row.ids.first().is_some_and(|id| {
             plan.jobs
@@ -49,37 +48,55 @@ pub fn rank(
                 .any(|j| &j.id == id && j.method == selection.method && j.weights.is_none())
         })
     };
-    let mut seen: Vec<&String> = Vec::new();
-    let mut ranked = Vec::new();
-    let mut waiting = Vec::new();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for group in &plan.groups {
         for row in group.rows.iter().filter(|r| of_method(r)) {
-            // An ablation's default value is the Methods row's jobs again,
-            // perhaps at fewer seeds.
-            if row.ids.iter().all(|id| seen.contains(&id)) {
-                continue;
-            }
-            seen.extend(&row.ids);
-            let label = candidate_label(&group.row_name, row);
-            let done: Vec<&JobResult> =
-                results.iter().filter(|r| row.ids.contains(&r.id)).collect();
-            let scores: Vec<(Option<f64>, Option<f64>)> = selection
-                .protocols
-                .iter()
-                .map(|&p| mean_std(&done.iter().filter_map(|r| r.score(p)).collect::<Vec<_>>()))
-                .collect();
-            match scores.iter().map(|s| s.0).collect::<Option<Vec<f64>>>() {
-                Some(means) => ranked.push(Ranked {
-                    label,
-                    n: done.len(),
-                    means,
-                    stds: scores.iter().map(|s| s.1).collect(),
-                    ranks: Vec::new(),
-                    mean_rank: 0.0,
-                }),
-                None => waiting.push(label),
+            match out.iter_mut().find(|(_, ids)| row.ids.iter().any(|id| ids.contains(id))) {
+                Some((_, ids)) => {
+                    for id in &row.ids {
+                        if !ids.contains(id) {
+                            ids.push(id.clone());
+                        }
+                    }
+                }
+                None => out.push((candidate_label(&group.row_name, row), row.ids.clone())),
             }
         }
+    }
+    out
+}
+
+/// The candidates in rank order (chosen first; equal on mean rank and on
+/// the first protocol, in plan order), then the labels of those not yet
+/// measured on every protocol of the selection.
+pub fn rank(
+    plan: &Plan,
+    selection: &Selection,
+    results: &[JobResult],
+) -> (Vec<Ranked>, Vec<String>) {
+    let mut ranked = Vec::new();
+    let mut waiting = Vec::new();
+    for (label, ids) in candidates(plan, selection) {
+        let done: Vec<&JobResult> = results.iter().filter(|r| ids.contains(&r.id)).collect();
+        let per_protocol: Vec<Vec<f64>> = selection
+            .protocols
+            .iter()
+            .map(|&p| done.iter().filter_map(|r| r.score(p)).collect())
+            .collect();
+        if per_protocol.iter().any(Vec::is_empty) {
+            waiting.push(label);
+            continue;
+        }
+        let stats: Vec<(Option<f64>, Option<f64>)> =
+            per_protocol.iter().map(|xs| mean_std(xs)).collect();
+        ranked.push(Ranked {
+            label,
+            n: per_protocol.iter().map(Vec::len).min().unwrap_or(0),
+            means: stats.iter().map(|s| s.0.expect("a score was measured")).collect(),
+            stds: stats.iter().map(|s| s.1).collect(),
+            ranks: Vec::new(),
+            mean_rank: 0.0,
+        });
     }
     for i in 0..selection.protocols.len() {
         let column: Vec<f64> = ranked.iter().map(|r| r.means[i]).collect();
@@ -90,7 +107,7 @@ pub fn rank(
         }
     }
     for r in ranked.iter_mut() {
-        r.mean_rank = r.ranks.iter().sum::<f64>() / r.ranks.len().max(1) as f64;
+        r.mean_rank = r.ranks.iter().sum::<f64>() / r.ranks.len() as f64;
     }
     ranked.sort_by(|a, b| {
         a.mean_rank.total_cmp(&b.mean_rank).then_with(|| b.means[0].total_cmp(&a.means[0]))
@@ -112,7 +129,8 @@ pub(super) fn selection_section(plan: &Plan, results: &[JobResult]) -> String {
         "\n## Selection\n\n\
          The plan's rule: every {} row ranked on {} by its mean over the seeds finished so \
          far (1 = best; equal means share their places), the chosen one of lowest mean rank, \
-         ties going to the better {}. Rows with fewer seeds are ranked on what they have. \
+         ties going to the better {}. Rows with fewer seeds are ranked on what they have; n is \
+         the seeds behind the protocol measured on fewest. \
          {} of {} candidates ranked; chosen so far: {chosen}.\n\n\
          | place | row | n |{} mean rank |\n|---:|---|---:|{}---:|\n",
         selection.method,
