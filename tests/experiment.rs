@@ -431,6 +431,11 @@ fn a_variant_sets_several_keys_and_may_pretrain_elsewhere() {
     assert!(e.contains("nowhere") && e.contains("variant[0].pretrain"), "{e}");
     let e = err("[[variant]]\nlabel = \"pixpro\"\nset = { \"train.steps\" = 1 }\n");
     assert!(e.contains("variant[0].label"), "{e}");
+    // A variant whose job id is an ablation value's, with another recipe.
+    let e = err(&format!(
+        "[[variant]]\nlabel = \"threshold=1.4\"\nset = {{ \"train.steps\" = 1 }}\nseeds = [0]\n{ABLATION}"
+    ));
+    assert!(e.contains("ablation[0].values") && e.contains("pixpro-threshold=1.4-s0"), "{e}");
 
     // A variant measured with part of the plan's protocols: its jobs lack
     // only those, the others all of the plan's.

@@ -737,6 +737,22 @@ impl Grid {
                             format!("`{}` = {value} does not make a valid config: {e}", ab.key),
                         )
                     })?;
+                    // The same id may only be the same job (a default value
+                    // is the Methods row's); a variant labelled like a knob
+                    // value would otherwise be measured in its place.
+                    if let Some(k) = self.jobs.iter().find(|k| k.id == j.id) {
+                        if k.config != j.config || k.pretrain.is_some() {
+                            return Err(plan_error(
+                                path,
+                                &format!("{at}.values"),
+                                format!(
+                                    "`{}` = {value} makes job `{}`, which is another recipe of \
+                                     the plan too (a variant's label?); rename that",
+                                    ab.key, j.id
+                                ),
+                            ));
+                        }
+                    }
                     if rows.len() == v {
                         let shown = value_at(&j.config.to_table()?, &ab.key).map(value_text);
                         let mut label = shown.unwrap_or_else(|| value_text(value));
