@@ -280,7 +280,7 @@ impl Plan {
             Error::Config { key, reason } => plan_error(path, &key, reason),
             other => other,
         })?;
-        let protocols = protocols(path, &file.protocols)?;
+        let protocols = protocols(path, "protocols", &file.protocols)?;
         let base = base_config(path, preset, &file)?;
 
         let mut grid = Grid::new(base, protocols.clone())?;
@@ -370,18 +370,23 @@ fn recipe<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `protocols`, parsed, each once, without the probe (it always runs).
-fn protocols(path: &Path, names: &[String]) -> Result<Vec<Protocol>> {
+/// A list of protocol names at plan key `key`, parsed, each once, in order.
+fn protocol_list(path: &Path, key: &str, names: &[String]) -> Result<Vec<Protocol>> {
     let mut out: Vec<Protocol> = Vec::new();
     for name in names {
-        let p: Protocol = name.parse().map_err(|e| plan_error(path, "protocols", e))?;
+        let p: Protocol = name.parse().map_err(|e| plan_error(path, key, e))?;
         if out.contains(&p) {
-            return Err(plan_error(path, "protocols", format!("`{name}` is named twice")));
+            return Err(plan_error(path, key, format!("`{name}` is named twice")));
         }
-        if p != Protocol::Probe {
-            out.push(p);
-        }
+        out.push(p);
     }
+    Ok(out)
+}
+
+/// Protocols at `key`, parsed, each once, without the probe (it always runs).
+fn protocols(path: &Path, key: &str, names: &[String]) -> Result<Vec<Protocol>> {
+    let mut out = protocol_list(path, key, names)?;
+    out.retain(|&p| p != Protocol::Probe);
     Ok(out)
 }
 
@@ -413,16 +418,8 @@ fn selection(
     if file.protocols.is_empty() {
         return Err(plan_error(path, "selection.protocols", "needs at least one protocol"));
     }
-    let mut chosen: Vec<Protocol> = Vec::new();
-    for name in &file.protocols {
-        let p: Protocol = name.parse().map_err(|e| plan_error(path, "selection.protocols", e))?;
-        if chosen.contains(&p) {
-            return Err(plan_error(
-                path,
-                "selection.protocols",
-                format!("`{name}` is named twice"),
-            ));
-        }
+    let chosen = protocol_list(path, "selection.protocols", &file.protocols)?;
+    for (&p, name) in chosen.iter().zip(&file.protocols) {
         if p != Protocol::Probe && !measured.contains(&p) {
             return Err(plan_error(
                 path,
@@ -445,7 +442,6 @@ fn selection(
                 ),
             ));
         }
-        chosen.push(p);
     }
     Ok(Selection { method: file.method.clone(), protocols: chosen })
 }
@@ -657,10 +653,7 @@ impl Grid {
         let measured = match &v.protocols {
             Some(names) => {
                 let key = format!("{at}.protocols");
-                let chosen = protocols(path, names).map_err(|e| match e {
-                    Error::Config { reason, .. } => Error::Config { key: key.clone(), reason },
-                    other => other,
-                })?;
+                let chosen = protocols(path, &key, names)?;
                 if let Some(p) = chosen.iter().find(|p| !self.protocols.contains(p)) {
                     return Err(plan_error(
                         path,
