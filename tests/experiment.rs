@@ -549,6 +549,52 @@ fn the_selection_rule_ranks_every_recipe_and_names_the_chosen_one() {
     let order: Vec<(&str, f64)> = ranked.iter().map(|r| (r.label.as_str(), r.mean_rank)).collect();
     assert_eq!(order, [("pixpro a", 2.5), ("pixpro b", 2.5), ("pixpro", 2.5), ("pixpro c", 2.5)]);
 
+    // The second stage: the preset (n 2) gives the spreads, probe 0.02 and
+    // retrieval 0.0141. b is chosen (0.35, 0.25); a is more than a spread
+    // behind it on retrieval, c on the probe, so only b needs more seeds.
+    let (ranked, _) = pixpro::tools::experiment::rank(&plan, selection, &results);
+    let (widest, near) = pixpro::tools::experiment::contenders(&ranked).unwrap();
+    assert_eq!(widest.label, "pixpro");
+    assert_eq!(near.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), ["pixpro b"]);
+    assert!(
+        md.contains(
+            "at fewer seeds than pixpro (n 2) and within one of its seed spreads \
+             (probe 0.0200, retrieval 0.0141) of the chosen row on every protocol: \
+             **pixpro b** (n 1)."
+        ),
+        "{md}"
+    );
+    // a within a spread on both (0.34 >= 0.35 - 0.02, 0.24 >= 0.25 - 0.0141):
+    // a contender too; the preset, at the most seeds, never is.
+    let mut close = results.clone();
+    close[3] = r("pixpro-a-s0", "pixpro", 0, 0.34, 0.24);
+    let (ranked, _) = pixpro::tools::experiment::rank(&plan, selection, &close);
+    let (_, near) = pixpro::tools::experiment::contenders(&ranked).unwrap();
+    assert_eq!(near.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), ["pixpro b", "pixpro a"]);
+    // ... but not at 0.23, just over a spread behind on retrieval.
+    close[3] = r("pixpro-a-s0", "pixpro", 0, 0.34, 0.23);
+    let (ranked, _) = pixpro::tools::experiment::rank(&plan, selection, &close);
+    let (_, near) = pixpro::tools::experiment::contenders(&ranked).unwrap();
+    assert_eq!(near.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), ["pixpro b"]);
+    // The preset chosen and every other row more than a spread behind it.
+    let mut behind = results.clone();
+    for i in 3..6 {
+        behind[i] = r(&results[i].id, "pixpro", 0, 0.27, 0.17);
+    }
+    assert!(
+        markdown(&plan, &behind).contains(
+            "No row at fewer seeds than pixpro (n 2) is within one of its seed spreads \
+             (probe 0.0200, retrieval 0.0141) of the chosen row on every protocol."
+        ),
+        "{}",
+        markdown(&plan, &behind)
+    );
+    // No row at two seeds yet: no spread, no second stage.
+    let first: Vec<JobResult> = results.iter().filter(|r| r.id != "pixpro-s1").cloned().collect();
+    let (ranked, _) = pixpro::tools::experiment::rank(&plan, selection, &first);
+    assert!(pixpro::tools::experiment::contenders(&ranked).is_none());
+    assert!(!markdown(&plan, &first).contains("seed spreads"));
+
     let err = |extra: &str| Plan::load(&write_plan(dir.path(), extra)).unwrap_err().to_string();
     let e = err("[selection]\nprotocols = [\"retrieval\"]\n");
     assert!(e.contains("selection.protocols") && e.contains("plan.toml"), "{e}");

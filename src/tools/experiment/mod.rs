@@ -38,4 +38,4 @@ pub use plan::{method_names, Group, Job, Plan, Row, Selection};
 pub use report::{markdown, summarize, write_report, RowSummary};
 pub use results::{finished_ids, missing_protocols, read_results, Hardware, JobResult};
 pub use runner::{run, RunReport, RunnerOptions};
-pub use selection::{rank, Ranked};
+pub use selection::{contenders, rank, Ranked};

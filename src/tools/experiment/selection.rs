@@ -8,6 +8,8 @@
 //! places; the chosen row has the lowest mean rank over the protocols, ties
 //! going to the better mean on the first. A row is ranked once every one of
 //! those protocols has a score for it; the others are listed, unranked.
+//! Below the ranking, the rows whose place one seed cannot settle: within
+//! a seed spread of the chosen row, at fewer seeds than the best-measured.
 use super::plan::{Plan, Row, Selection};
 use super::report::mean_pm;
 use super::results::{mean_std, JobResult};
@@ -115,6 +117,29 @@ pub fn rank(
     (ranked, waiting)
 }
 
+/// The rows a second stage should give more seeds: those at fewer seeds than
+/// the most-seeded row that are within one of its seed spreads (sample std)
+/// of the chosen row on every protocol, the chosen row included when it has
+/// fewer. Their lead or lag is inside seed noise, so one seed cannot settle
+/// the choice; for rows further behind on some protocol it can. Returns the
+/// most-seeded row (the spread's source) and the contenders in rank order;
+/// none while no row has two seeds on every protocol.
+pub fn contenders(ranked: &[Ranked]) -> Option<(&Ranked, Vec<&Ranked>)> {
+    let chosen = ranked.first()?;
+    let widest =
+        ranked.iter().filter(|r| r.n >= 2).fold(None, |best: Option<&Ranked>, r| match best {
+            Some(b) if b.n >= r.n => Some(b),
+            _ => Some(r),
+        })?;
+    let spreads: Vec<f64> = widest.stds.iter().map(|s| s.unwrap_or(0.0)).collect();
+    let near = ranked
+        .iter()
+        .filter(|r| r.n < widest.n)
+        .filter(|r| (0..r.means.len()).all(|i| r.means[i] >= chosen.means[i] - spreads[i]))
+        .collect();
+    Some((widest, near))
+}
+
 /// The report's Selection section; empty for a plan without `[selection]`.
 pub(super) fn selection_section(plan: &Plan, results: &[JobResult]) -> String {
     let Some(selection) = &plan.selection else {
@@ -162,6 +187,30 @@ pub(super) fn selection_section(plan: &Plan, results: &[JobResult]) -> String {
             "| - | {label} | - |{} - |\n",
             " - |".repeat(selection.protocols.len())
         ));
+    }
+    if let Some((widest, near)) = contenders(&ranked) {
+        let spreads: Vec<String> = names
+            .iter()
+            .zip(&widest.stds)
+            .map(|(name, s)| format!("{name} {:.4}", s.unwrap_or(0.0)))
+            .collect();
+        let spreads = spreads.join(", ");
+        let (label, n) = (&widest.label, widest.n);
+        md.push_str(&if near.is_empty() {
+            format!(
+                "\nNo row at fewer seeds than {label} (n {n}) is within one of its seed spreads \
+                 ({spreads}) of the chosen row on every protocol.\n"
+            )
+        } else {
+            let list: Vec<String> =
+                near.iter().map(|r| format!("**{}** (n {})", r.label, r.n)).collect();
+            format!(
+                "\nRows one seed cannot settle, at fewer seeds than {label} (n {n}) and within \
+                 one of its seed spreads ({spreads}) of the chosen row on every protocol: {}. \
+                 More seeds of these say whether the choice stands.\n",
+                list.join(", ")
+            )
+        });
     }
     md
 }
