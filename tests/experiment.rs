@@ -142,6 +142,7 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         miou,
         per_class_iou: BTreeMap::new(),
         pixel_accuracy: 0.9,
+        output_stride: None,
         images_per_sec,
         wall_s: 60.0,
         cpu_steal_fraction: None,
@@ -215,6 +216,65 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
     let changed = more.replace("pairs_per_image = 1", "pairs_per_image = 2");
     let e = run(&Plan::load(&write_plan(dir.path(), &changed)).unwrap(), &opts).unwrap_err();
     assert!(e.to_string().contains("correspondence was run with recipe"), "{e}");
+}
+
+#[test]
+fn a_plans_eval_output_stride_remeasures_rows_measured_at_another() {
+    let dir = tempfile::tempdir().unwrap();
+    make_images(&dir.path().join("data/pretrain"), 10);
+    tiny_voc(&dir.path().join("data/voc"));
+    let out = dir.path().join("out");
+    let opts = RunnerOptions {
+        out: out.clone(),
+        results: out.join("results.json"),
+        max_jobs: None,
+        only: vec!["random-s0".into(), "pixpro-s0".into()],
+        quiet: true,
+    };
+    // TINY pretrains at output stride 8; unset, each job is measured there.
+    let retrieval = "protocols = [\"retrieval\"]\n[retrieval]\nimage_size = 32\n";
+    assert_eq!(
+        run(&Plan::load(&write_plan(dir.path(), retrieval)).unwrap(), &opts).unwrap().ran,
+        2
+    );
+    let strides = |rows: &[JobResult]| {
+        rows.iter()
+            .map(|r| (r.id.clone(), r.output_stride, r.evaluations["retrieval"].output_stride))
+            .collect::<Vec<_>>()
+    };
+    let rows = read_results(&out.join("results.json")).unwrap();
+    let at = |s| vec![("random-s0".into(), Some(s), s), ("pixpro-s0".into(), Some(s), s)];
+    assert_eq!(strides(&rows), at(8));
+    let checkpoint = out.join("jobs/pixpro-s0/checkpoints/last.safetensors");
+    let stamp = mtime(&checkpoint);
+
+    let plan =
+        Plan::load(&write_plan(dir.path(), &format!("eval_output_stride = 16\n{retrieval}")))
+            .unwrap();
+    let names = |r: &JobResult| {
+        missing_protocols(&plan, r).iter().map(Protocol::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&rows[1]), ["probe", "retrieval"]);
+    // A row of an older pixpro, without its probe's stride, was measured at
+    // its model's.
+    assert_eq!(
+        names(&JobResult { output_stride: None, ..rows[1].clone() }),
+        ["probe", "retrieval"]
+    );
+    assert_eq!(run(&plan, &opts).unwrap().ran, 2, "one measurement per recorded job");
+    assert_eq!(mtime(&checkpoint), stamp, "pretrained again");
+    let rows = read_results(&out.join("results.json")).unwrap();
+    assert_eq!(strides(&rows), at(16));
+    assert!(rows.iter().all(|r| names(r).is_empty()));
+    let probe: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("jobs/pixpro-s0/probe/probe.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(probe["backbone"]["output_stride"], 16, "{probe}");
+    assert_eq!(run(&plan, &opts).unwrap().ran, 0);
+
+    let e = Plan::load(&write_plan(dir.path(), "eval_output_stride = 12\n")).unwrap_err();
+    assert!(e.to_string().contains("eval_output_stride") && e.to_string().contains("12"), "{e}");
 }
 
 #[test]

@@ -13,9 +13,9 @@ use super::losses;
 use super::plan::{Job, Plan};
 use super::results::{missing_protocols, Hardware, JobResult};
 use crate::train::{self, events, RunDir, RunOptions};
-use crate::transfer::backbone::{Backbone, Weights};
+use crate::transfer::backbone::Weights;
 use crate::transfer::evaluate::{Evaluation, Evaluator, Protocol};
-use crate::transfer::probe::{probe_into, ProbeConfig};
+use crate::transfer::probe::{probe_into, ProbeConfig, ProbeResult};
 use crate::{Error, Result};
 
 fn unix_now() -> u64 {
@@ -110,17 +110,31 @@ pub(super) enum Outcome {
 }
 
 /// The job's backbone: its kept checkpoint, its `[[weights]]` file, or
-/// random init at the job's architecture and stride; with the stride to ask
-/// for.
-fn weights_of(job: &Job, dir: &Path) -> (Weights, Option<u32>) {
-    let m = &job.config.model;
-    if let Some(w) = &job.weights {
-        (Weights::File(w.file.clone()), Some(m.output_stride))
+/// random init at the job's architecture; with the stride to ask for.
+fn weights_of(plan: &Plan, job: &Job, dir: &Path) -> (Weights, Option<u32>) {
+    let weights = if let Some(w) = &job.weights {
+        Weights::File(w.file.clone())
     } else if job.method == "random" {
-        (Weights::Random { arch: m.arch, seed: job.seed }, Some(m.output_stride))
+        Weights::Random { arch: job.config.model.arch, seed: job.seed }
     } else {
-        (Weights::Checkpoint(RunDir::new(dir).last_checkpoint()), None)
-    }
+        Weights::Checkpoint(RunDir::new(dir).last_checkpoint())
+    };
+    (weights, plan.measuring_stride(job))
+}
+
+/// The plan's probe of the job's backbone, into `dir/probe/`; with the
+/// output stride it was measured at.
+fn probe_job(
+    plan: &Plan,
+    job: &Job,
+    dir: &Path,
+    device: tch::Device,
+) -> Result<(ProbeConfig, ProbeResult, u32)> {
+    let (weights, stride) = weights_of(plan, job, dir);
+    let backbone = weights.load(stride, device)?;
+    let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
+    let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
+    Ok((probe, r, backbone.output_stride))
 }
 
 /// Runs `protocols` on the job's backbone, each into `dir/PROTOCOL/`.
@@ -132,7 +146,7 @@ fn evaluate_all(
     quiet: bool,
 ) -> Result<Vec<(String, Evaluation)>> {
     let device = train::pick_device(job.config.train.device)?;
-    let (weights, stride) = weights_of(job, dir);
+    let (weights, stride) = weights_of(plan, job, dir);
     if let Weights::Checkpoint(ck) = &weights {
         if !ck.is_file() {
             return Err(Error::data(
@@ -158,8 +172,9 @@ fn evaluate_all(
         .collect()
 }
 
-/// Measures a finished job with the plan's protocols it lacks, on its kept
-/// checkpoint (or random init); the result gains them.
+/// Measures a finished job with the plan's protocols it lacks or measured
+/// at another output stride, on its kept checkpoint (or random init); the
+/// result gains them, replacing the old.
 pub(super) fn evaluate_missing(
     plan: &Plan,
     job: &Job,
@@ -168,8 +183,17 @@ pub(super) fn evaluate_missing(
     quiet: bool,
 ) -> Result<()> {
     let dir = out.join("jobs").join(&job.id);
-    let missing = missing_protocols(plan, result);
+    let mut missing = missing_protocols(plan, result);
     let clock = Instant::now();
+    if missing.first() == Some(&Protocol::Probe) {
+        missing.remove(0);
+        let device = train::pick_device(job.config.train.device)?;
+        let (_, r, stride) = probe_job(plan, job, &dir, device)?;
+        result.miou = r.miou;
+        result.per_class_iou = r.per_class_iou;
+        result.pixel_accuracy = r.pixel_accuracy;
+        result.output_stride = Some(stride);
+    }
     result.evaluations.extend(evaluate_all(plan, job, &dir, &missing, quiet)?);
     result.wall_s += clock.elapsed().as_secs_f64();
     write_scores(result, &dir)
@@ -189,7 +213,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
     let started_at = unix_now();
     let dir = out.join("jobs").join(&job.id);
     let device = train::pick_device(job.config.train.device)?;
-    let (backbone, pretraining, steps) = if let Some(w) = &job.weights {
+    let (pretraining, steps) = if let Some(w) = &job.weights {
         if !w.file.is_file() {
             return Err(Error::data(
                 &w.file,
@@ -201,11 +225,9 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
                 ),
             ));
         }
-        let (weights, stride) = weights_of(job, &dir);
-        (weights.load(stride, device)?, None, w.steps)
+        (None, w.steps)
     } else if job.method == "random" {
-        let m = &job.config.model;
-        (Backbone::random(m.arch, m.output_stride, job.seed, device)?, None, 0)
+        (None, 0)
     } else {
         let run = RunDir::new(&dir);
         let images = job.pretrain.clone().unwrap_or_else(|| plan.data.join("pretrain"));
@@ -215,17 +237,12 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
             let why = summary.stopped_by.unwrap_or_else(|| "stopped".into());
             return Ok(Outcome::Stopped(format!("{} at step {}", why, summary.steps_done)));
         }
-        let backbone = Backbone::from_checkpoint(&run.last_checkpoint(), None, device)?;
-        (
-            backbone,
-            Some(pretrained(&run.metrics(), job.config.train.batch_size, summary.precision)?),
-            summary.steps_done,
-        )
+        let pretrained =
+            pretrained(&run.metrics(), job.config.train.batch_size, summary.precision)?;
+        (Some(pretrained), summary.steps_done)
     };
     let evaluating = Instant::now();
-    let probe = ProbeConfig { seed: job.seed, ..plan.probe.clone() };
-    let r = probe_into(&backbone, &plan.data.join("voc"), &dir.join("probe"), &probe)?;
-    drop(backbone);
+    let (probe, r, output_stride) = probe_job(plan, job, &dir, device)?;
     let evaluations = evaluate_all(plan, job, &dir, &job.protocols, quiet)?.into_iter().collect();
     let result = JobResult {
         id: job.id.clone(),
@@ -239,6 +256,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
         miou: r.miou,
         per_class_iou: r.per_class_iou,
         pixel_accuracy: r.pixel_accuracy,
+        output_stride: Some(output_stride),
         images_per_sec: pretraining.as_ref().map(|p| p.images_per_sec),
         cpu_steal_fraction: pretraining.as_ref().and_then(|p| p.cpu_steal_fraction),
         // The evaluations are this session's; the pretraining, every session's.

@@ -47,6 +47,9 @@ struct PlanFile {
     correspondence: toml::Table,
     #[serde(default)]
     finetune: toml::Table,
+    /// The output stride every backbone is measured at, whatever it was
+    /// pretrained at; unset, each at its own.
+    eval_output_stride: Option<u32>,
     #[serde(default)]
     ablation: Vec<AblationFile>,
     #[serde(default)]
@@ -203,6 +206,9 @@ pub struct Plan {
     pub recipes: Recipes,
     /// What every job is evaluated with after the probe, in column order.
     pub protocols: Vec<Protocol>,
+    /// The output stride every job is measured at (`eval_output_stride`);
+    /// `None`: each at the one it was pretrained at.
+    pub eval_output_stride: Option<u32>,
     pub jobs: Vec<Job>,
     pub groups: Vec<Group>,
     pub selection: Option<Selection>,
@@ -281,6 +287,13 @@ impl Plan {
             other => other,
         })?;
         let protocols = protocols(path, "protocols", &file.protocols)?;
+        if let Some(s) = file.eval_output_stride.filter(|s| ![8, 16, 32].contains(s)) {
+            return Err(plan_error(
+                path,
+                "eval_output_stride",
+                format!("{s} is not one of 32, 16, 8"),
+            ));
+        }
         let base = base_config(path, preset, &file)?;
 
         let mut grid = Grid::new(base, protocols.clone())?;
@@ -321,9 +334,20 @@ impl Plan {
             probe: recipes.probe.clone(),
             recipes,
             protocols,
+            eval_output_stride: file.eval_output_stride,
             jobs: grid.jobs,
             groups: grid.groups,
             selection,
+        })
+    }
+
+    /// The output stride `job`'s backbone is measured at, when the plan
+    /// fixes one; else the backbone's own (a checkpoint's, its pretraining
+    /// stride; random init's and a `[[weights]]` file's, the job's model).
+    pub fn measuring_stride(&self, job: &Job) -> Option<u32> {
+        self.eval_output_stride.or_else(|| {
+            (job.weights.is_some() || job.method == "random")
+                .then_some(job.config.model.output_stride)
         })
     }
 }

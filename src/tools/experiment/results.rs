@@ -68,6 +68,10 @@ pub struct JobResult {
     pub miou: f64,
     pub per_class_iou: BTreeMap<String, Option<f64>>,
     pub pixel_accuracy: f64,
+    /// The output stride the probe above was measured at; `None` in rows of
+    /// an older pixpro, which measured at the stride of the job's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_stride: Option<u32>,
     /// Pretraining images per second over the whole run; `None` for random.
     pub images_per_sec: Option<f64>,
     /// Pretraining (its steps in every session) plus every evaluation,
@@ -196,10 +200,20 @@ pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) ->
 }
 
 /// The protocols the plan asks of `r`'s job (all of the plan's, or its
-/// variant's part of them) that `r` has not been evaluated with yet.
+/// variant's part of them) that `r` has not been evaluated with yet, or
+/// was at another output stride than the plan's `eval_output_stride`:
+/// `probe` first when the job's probe was, then the rest in plan order.
 pub fn missing_protocols(plan: &Plan, r: &JobResult) -> Vec<Protocol> {
-    let asked = plan.jobs.iter().find(|j| j.id == r.id).map_or(&plan.protocols, |j| &j.protocols);
-    asked.iter().copied().filter(|p| r.score(*p).is_none()).collect()
+    let job = plan.jobs.iter().find(|j| j.id == r.id);
+    let asked = job.map_or(&plan.protocols, |j| &j.protocols);
+    let elsewhere = |measured: u32| plan.eval_output_stride.is_some_and(|s| s != measured);
+    let probe =
+        job.is_some_and(|j| elsewhere(r.output_stride.unwrap_or(j.config.model.output_stride)));
+    let rest = asked.iter().copied().filter(|p| match r.evaluations.get(&p.to_string()) {
+        Some(e) => elsewhere(e.output_stride),
+        None => true,
+    });
+    probe.then_some(Protocol::Probe).into_iter().chain(rest).collect()
 }
 
 /// The ids of the plan's jobs already in `results`.
@@ -224,6 +238,7 @@ mod tests {
             miou,
             per_class_iou: BTreeMap::new(),
             pixel_accuracy: 0.9,
+            output_stride: Some(16),
             images_per_sec: Some(10.0),
             wall_s: 60.0,
             cpu_steal_fraction: None,
