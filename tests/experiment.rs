@@ -159,19 +159,27 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
     }
 }
 
-#[test]
-fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
+/// A folder holding the tiny data set as `data`, and options that run
+/// the jobs `only` (all when empty) of a plan beside it into its `out`.
+fn tiny_grid(only: &[&str]) -> (tempfile::TempDir, RunnerOptions) {
     let dir = tempfile::tempdir().unwrap();
     make_images(&dir.path().join("data/pretrain"), 10);
     tiny_voc(&dir.path().join("data/voc"));
     let out = dir.path().join("out");
     let opts = RunnerOptions {
-        out: out.clone(),
         results: out.join("results.json"),
+        out,
         max_jobs: None,
-        only: Vec::new(),
+        only: only.iter().map(|id| id.to_string()).collect(),
         quiet: true,
     };
+    (dir, opts)
+}
+
+#[test]
+fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
+    let (dir, opts) = tiny_grid(&[]);
+    let out = opts.out.clone();
     let first = run(&Plan::load(&write_plan(dir.path(), "")).unwrap(), &opts).unwrap();
     assert_eq!(first.ran, 4);
     let recorded = read_results(&out.join("results.json")).unwrap();
@@ -220,17 +228,8 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
 
 #[test]
 fn a_plans_eval_output_stride_remeasures_rows_measured_at_another() {
-    let dir = tempfile::tempdir().unwrap();
-    make_images(&dir.path().join("data/pretrain"), 10);
-    tiny_voc(&dir.path().join("data/voc"));
-    let out = dir.path().join("out");
-    let opts = RunnerOptions {
-        out: out.clone(),
-        results: out.join("results.json"),
-        max_jobs: None,
-        only: vec!["random-s0".into(), "pixpro-s0".into()],
-        quiet: true,
-    };
+    let (dir, opts) = tiny_grid(&["random-s0", "pixpro-s0"]);
+    let out = opts.out.clone();
     // TINY pretrains at output stride 8; unset, each job is measured there.
     let retrieval = "protocols = [\"retrieval\"]\n[retrieval]\nimage_size = 32\n";
     assert_eq!(
