@@ -1,7 +1,7 @@
 //! What `--method` picks and the `[model]` section that configures it.
 use serde::{Deserialize, Serialize};
 
-use crate::model::resnet::Arch;
+use crate::model::resnet::{unsupported_output_stride, Arch};
 use crate::objective::pixcontrast::TEMPERATURE;
 use crate::{Error, Result};
 
@@ -106,8 +106,8 @@ impl ModelConfig {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, reason: String| Err(Error::config(format!("model.{key}"), reason));
-        if ![32, 16, 8].contains(&self.output_stride) {
-            return bad("output_stride", format!("{} is not one of 32, 16, 8", self.output_stride));
+        if let Some(reason) = unsupported_output_stride(self.output_stride) {
+            return bad("output_stride", reason);
         }
         if self.proj_hidden < 1 {
             return bad("proj_hidden", format!("{} must be at least 1", self.proj_hidden));

@@ -215,6 +215,13 @@ impl ResNet {
     }
 }
 
+/// Why a ResNet cannot be built at `output_stride`, if it cannot: the one
+/// list of strides that [`resnet`], the config and plans check against.
+pub fn unsupported_output_stride(output_stride: u32) -> Option<String> {
+    (![32, 16, 8].contains(&output_stride))
+        .then(|| format!("{output_stride} is not one of 32, 16, 8"))
+}
+
 /// Builds `arch` under `p` with torchvision's names (`conv1`, `bn1`,
 /// `layer1.0.conv1`, ..., `layer2.0.downsample.{0,1}`; no `fc`).
 ///
@@ -223,17 +230,11 @@ impl ResNet {
 /// `[F, F, F]`, `[F, F, T]`, `[F, T, T]`. torchvision refuses dilation in
 /// BasicBlock; here ResNet-18/34 dilate both of its 3x3 convs the same way.
 pub fn resnet(p: &nn::Path, arch: Arch, output_stride: u32) -> Result<ResNet> {
-    let dilate = match output_stride {
-        32 => [false, false, false],
-        16 => [false, false, true],
-        8 => [false, true, true],
-        _ => {
-            return Err(Error::config(
-                "model.output_stride",
-                format!("{output_stride} is not one of 32, 16, 8"),
-            ))
-        }
-    };
+    if let Some(reason) = unsupported_output_stride(output_stride) {
+        return Err(Error::config("model.output_stride", reason));
+    }
+    // Which of layer2, layer3, layer4 dilate instead of striding.
+    let dilate = [false, output_stride == 8, output_stride < 32];
     let conv1 = conv(&(p / "conv1"), 3, 64, 7, 2, 1);
     let bn1 = batch_norm2d(&(p / "bn1"), 64, 1.0);
     let expansion = if arch.bottleneck() { 4 } else { 1 };

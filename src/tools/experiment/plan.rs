@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::method::Method;
+use crate::model::resnet::unsupported_output_stride;
 use crate::train::config::{from_table, toml_error, Config, Preset};
 use crate::transfer::evaluate::{Protocol, Recipes};
 use crate::transfer::probe::ProbeConfig;
@@ -287,12 +288,8 @@ impl Plan {
             other => other,
         })?;
         let protocols = protocols(path, "protocols", &file.protocols)?;
-        if let Some(s) = file.eval_output_stride.filter(|s| ![8, 16, 32].contains(s)) {
-            return Err(plan_error(
-                path,
-                "eval_output_stride",
-                format!("{s} is not one of 32, 16, 8"),
-            ));
+        if let Some(reason) = file.eval_output_stride.and_then(unsupported_output_stride) {
+            return Err(plan_error(path, "eval_output_stride", reason));
         }
         let base = base_config(path, preset, &file)?;
 
