@@ -147,6 +147,7 @@ fn result(id: &str, method: &str, seed: u64, miou: f64, images_per_sec: Option<f
         wall_s: 60.0,
         cpu_steal_fraction: None,
         steps: if method == "random" { 0 } else { 3 },
+        config: None,
         precision: (method != "random").then(|| "fp32".into()),
         probe: ProbeConfig { image_size: 32, epochs: 2, seed, ..Default::default() },
         started_at: 0,
@@ -224,6 +225,49 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
     let changed = more.replace("pairs_per_image = 1", "pairs_per_image = 2");
     let e = run(&Plan::load(&write_plan(dir.path(), &changed)).unwrap(), &opts).unwrap_err();
     assert!(e.to_string().contains("correspondence was run with recipe"), "{e}");
+}
+
+#[test]
+fn a_pretraining_recipe_changed_under_a_job_is_refused() {
+    let (dir, opts) = tiny_grid(&["pixpro-s0"]);
+    let plan_path = write_plan(dir.path(), "");
+    let plan_text = std::fs::read_to_string(&plan_path).unwrap();
+    assert_eq!(run(&Plan::load(&plan_path).unwrap(), &opts).unwrap().ran, 1);
+    let rows = read_results(&opts.results).unwrap();
+    let recorded = rows[0].config.as_ref().expect("a pretrained row records its config");
+    assert_eq!(recorded["optim"]["warmup_epochs"], 0.5);
+    assert_eq!(recorded["train"]["steps"], 3);
+
+    // How the job runs may change: the row stands, and a folder copied to
+    // another grid is measured on its checkpoint without training again.
+    let edit = |from: &str, to: &str| {
+        assert!(plan_text.contains(from), "{plan_text}");
+        std::fs::write(&plan_path, plan_text.replace(from, to)).unwrap();
+        Plan::load(&plan_path).unwrap()
+    };
+    let runtime = edit("workers = 2", "workers = 1");
+    assert_eq!(run(&runtime, &opts).unwrap().ran, 0);
+    let checkpoint = opts.out.join("jobs/pixpro-s0/checkpoints/last.safetensors");
+    let stamp = mtime(&checkpoint);
+    let elsewhere = |name: &str| RunnerOptions {
+        results: opts.out.join(name),
+        out: opts.out.clone(),
+        max_jobs: None,
+        only: opts.only.clone(),
+        quiet: true,
+    };
+    assert_eq!(run(&runtime, &elsewhere("copy.json")).unwrap().ran, 1);
+    assert_eq!(mtime(&checkpoint), stamp, "pretrained again");
+
+    // The recipe may not, whether the job is recorded or only begun.
+    let other = edit("warmup_epochs = 0.5", "warmup_epochs = 0.25");
+    let e = run(&other, &opts).unwrap_err().to_string();
+    assert!(e.contains("pixpro-s0") && e.contains("differs in optim.warmup_epochs)"), "{e}");
+    let e = run(&other, &elsewhere("fresh.json")).unwrap_err().to_string();
+    assert!(e.contains("begun with another recipe"), "{e}");
+    assert!(e.contains("(differs in optim.warmup_epochs)"), "{e}");
+    assert!(e.contains("config.toml"), "{e}");
+    assert_eq!(mtime(&checkpoint), stamp, "trained on under another recipe");
 }
 
 #[test]

@@ -129,58 +129,20 @@ impl PretrainArgs {
             Some(p) => p.config(),
             None => saved.clone(),
         };
-        let mut cfg = self.config.over(base)?;
-        self.apply_recipe_flags(&mut cfg);
-        let t = &saved.train;
-        // The saved precision is what `auto` chose when the run began.
-        if cfg.train.precision == Precision::Auto {
-            cfg.train.precision = t.precision;
-        }
-        cfg.train.workers = t.workers;
-        cfg.train.prefetch = t.prefetch;
-        cfg.train.threads = t.threads;
-        cfg.train.checkpoint_every = t.checkpoint_every;
-        cfg.train.log_every = t.log_every;
-        cfg.train.device = t.device;
+        let mut asked = self.config.over(base)?;
+        self.apply_recipe_flags(&mut asked);
+        let mut cfg = asked.continuing(&saved);
         if cfg != saved {
-            let changed = diff_keys(&saved.to_toml(), &cfg.to_toml());
             bail!(
                 "{} was started with another recipe (differs in {}); continue it without \
                  those options, or give a new --out to start a new run",
                 run.root.display(),
-                changed.join(", ")
+                saved.differing_keys(&cfg).join(", ")
             );
         }
         self.apply_runtime_flags(&mut cfg);
         Ok(cfg)
     }
-}
-
-/// Keys whose values differ between two TOML documents, as `table.key`.
-fn diff_keys(a: &str, b: &str) -> Vec<String> {
-    fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
-        for (k, v) in t {
-            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-            match v {
-                toml::Value::Table(inner) => flatten(&key, inner, out),
-                other => out.push((key, other.to_string())),
-            }
-        }
-    }
-    let parse = |s: &str| {
-        let mut out = Vec::new();
-        if let Ok(t) = s.parse::<toml::Table>() {
-            flatten("", &t, &mut out);
-        }
-        out
-    };
-    let (a, b) = (parse(a), parse(b));
-    let mut keys: Vec<String> =
-        b.iter().filter(|kv| !a.contains(kv)).map(|kv| kv.0.clone()).collect();
-    keys.extend(a.iter().filter(|(k, _)| !b.iter().any(|kv| &kv.0 == k)).map(|kv| kv.0.clone()));
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// The encoder `--init` names, checked against the run's architecture

@@ -1,5 +1,6 @@
 //! The one typed configuration of a pretraining run (TOML), its presets and
 //! its validation. Everything a run does is decided here, once, at start.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -257,6 +258,53 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
     }
 
+    /// This config as a continuation of a run that was saved with `saved`:
+    /// the keys that say only how a run runs here (loader threads and
+    /// prefetch, libtorch threads, how often it checkpoints and logs, the
+    /// device) are taken from `saved`, and so is the precision where this one
+    /// asks for `auto` (the saved one is what `auto` chose when the run
+    /// began). Equal to `saved` exactly when both describe the same recipe.
+    pub fn continuing(&self, saved: &Config) -> Config {
+        let mut c = self.clone();
+        let (t, s) = (&mut c.train, &saved.train);
+        if t.precision == Precision::Auto {
+            t.precision = s.precision;
+        }
+        t.workers = s.workers;
+        t.prefetch = s.prefetch;
+        t.threads = s.threads;
+        t.checkpoint_every = s.checkpoint_every;
+        t.log_every = s.log_every;
+        t.device = s.device;
+        c
+    }
+
+    /// The keys, as `table.key`, whose values differ between this config and
+    /// `other`, sorted: what an error about two recipes should name.
+    pub fn differing_keys(&self, other: &Config) -> Vec<String> {
+        fn flatten(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(inner) => flatten(&key, inner, out),
+                    other => {
+                        out.insert(key, other.clone());
+                    }
+                }
+            }
+        }
+        let flat = |c: &Config| {
+            let mut out = BTreeMap::new();
+            if let Ok(t) = c.to_table() {
+                flatten("", &t, &mut out);
+            }
+            out
+        };
+        let (a, b) = (flat(self), flat(other));
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+    }
+
     /// Checks every value once, before any work starts.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
@@ -378,6 +426,32 @@ mod tests {
         assert_eq!(c.unwrap().optim.lr_scaling, LrScaling::Sqrt);
         let e = Config::from_toml_str("[optim]\nlr_scaling = \"log\"\n", &Config::default());
         assert!(e.unwrap_err().to_string().contains("lr_scaling"));
+    }
+
+    #[test]
+    fn a_continuation_may_change_how_it_runs_but_not_the_recipe() {
+        let mut saved = Preset::Cpu.config();
+        saved.train.precision = Precision::Fp32;
+        let mut asked = saved.clone();
+        asked.train.precision = Precision::Auto;
+        asked.train.threads = 7;
+        asked.train.checkpoint_every = 3;
+        asked.train.device = DeviceChoice::Cuda;
+        assert_eq!(asked.continuing(&saved), saved);
+        assert_eq!(
+            saved.differing_keys(&asked),
+            ["train.checkpoint_every", "train.device", "train.precision", "train.threads"]
+        );
+
+        asked.optim.lr_per_256 = 2.0;
+        asked.optim.lr_scaling = LrScaling::Sqrt;
+        asked.train.precision = Precision::Bf16;
+        let continued = asked.continuing(&saved);
+        assert_ne!(continued, saved);
+        assert_eq!(
+            saved.differing_keys(&continued),
+            ["optim.lr_per_256", "optim.lr_scaling", "train.precision"]
+        );
     }
 
     #[test]

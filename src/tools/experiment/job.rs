@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::losses;
 use super::plan::{Job, Plan};
-use super::results::{missing_protocols, Hardware, JobResult};
+use super::results::{missing_protocols, recorded_config, Hardware, JobResult};
+use crate::train::config::Config;
 use crate::train::{self, events, RunDir, RunOptions};
 use crate::transfer::backbone::Weights;
 use crate::transfer::evaluate::{Evaluation, Evaluator, Protocol};
@@ -208,12 +209,42 @@ fn write_scores(result: &JobResult, dir: &Path) -> Result<()> {
     events::write_scores(dir, result.steps, &scores)
 }
 
+/// The config to pretrain `job` with in `run`: the plan's, and where the
+/// folder holds a checkpoint to continue, with the precision `auto` chose
+/// when the run began; the saved run must be the same recipe as the plan's
+/// job. Without the check a job begun under one recipe (a preset since
+/// changed, a plan since edited, a job folder copied in from another grid)
+/// would finish under another and be reported as the plan's.
+fn continued(plan: &Plan, job: &Job, run: &RunDir) -> Result<Config> {
+    let mut config = job.config.clone();
+    if !run.can_resume() {
+        return Ok(config);
+    }
+    let saved = train::saved_config(run)?;
+    let asked = job.config.continuing(&saved);
+    if asked != saved {
+        return Err(Error::data(
+            run.config(),
+            format!(
+                "job {} was begun with another recipe than {} asks for now (differs in {}); set \
+                 the old values in the plan to continue it, or move its folder away to pretrain \
+                 it again",
+                job.id,
+                plan.path.display(),
+                saved.differing_keys(&asked).join(", ")
+            ),
+        ));
+    }
+    config.train.precision = asked.train.precision;
+    Ok(config)
+}
+
 pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result<Outcome> {
     let clock = Instant::now();
     let started_at = unix_now();
     let dir = out.join("jobs").join(&job.id);
     let device = train::pick_device(job.config.train.device)?;
-    let (pretraining, steps) = if let Some(w) = &job.weights {
+    let (pretraining, steps, config) = if let Some(w) = &job.weights {
         if !w.file.is_file() {
             return Err(Error::data(
                 &w.file,
@@ -225,21 +256,23 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
                 ),
             ));
         }
-        (None, w.steps)
+        (None, w.steps, None)
     } else if job.method == "random" {
-        (None, 0)
+        (None, 0, None)
     } else {
         let run = RunDir::new(&dir);
+        let config = continued(plan, job, &run)?;
         let images = job.pretrain.clone().unwrap_or_else(|| plan.data.join("pretrain"));
         let opts = RunOptions { quiet, ..RunOptions::new(images, RunDir::new(&dir)) };
-        let summary = train::pretrain(&job.config, &opts)?;
+        let summary = train::pretrain(&config, &opts)?;
         if !summary.finished {
             let why = summary.stopped_by.unwrap_or_else(|| "stopped".into());
             return Ok(Outcome::Stopped(format!("{} at step {}", why, summary.steps_done)));
         }
         let pretrained =
             pretrained(&run.metrics(), job.config.train.batch_size, summary.precision)?;
-        (Some(pretrained), summary.steps_done)
+        let saved = train::saved_config(&run)?;
+        (Some(pretrained), summary.steps_done, Some(recorded_config(&saved, &run.config())?))
     };
     let evaluating = Instant::now();
     let (probe, r, output_stride) = probe_job(plan, job, &dir, device)?;
@@ -265,6 +298,7 @@ pub(super) fn run_job(plan: &Plan, job: &Job, out: &Path, quiet: bool) -> Result
             None => clock.elapsed().as_secs_f64(),
         },
         steps,
+        config,
         precision: pretraining.as_ref().map(|p| p.precision.clone()),
         probe,
         started_at,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
 use crate::files::write_atomically;
+use crate::train::config::Config;
 use crate::transfer::evaluate::{Evaluation, Protocol};
 use crate::transfer::probe::ProbeConfig;
 use crate::{Error, Result};
@@ -85,6 +86,13 @@ pub struct JobResult {
     pub cpu_steal_fraction: Option<f64>,
     /// Pretraining steps; 0 for random.
     pub steps: u64,
+    /// The resolved pretraining config, as the job's config.toml holds it
+    /// (its TOML tables as JSON objects); None for random init and
+    /// `[[weights]]`, and in rows of an older pixpro. [`check_recorded`]
+    /// holds it against the plan's, so that a row cannot stand for a recipe
+    /// the plan no longer asks for (a preset changed since, an edited plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
     /// What pretraining computed in (fp32 or bf16, as `auto` resolved it on
     /// the machine that began the run); None for random init and
     /// `[[weights]]`, and in rows of an older pixpro.
@@ -155,8 +163,28 @@ pub(super) fn record(path: &Path, row: &JobResult) -> Result<Vec<JobResult>> {
     Ok(rows)
 }
 
-/// The recorded results of the plan's jobs must come from the same budget
-/// and probe recipe, or the tables would mix them.
+/// `config` as a row of `results.json` records it; `file` is where it was
+/// read from, for the error.
+pub(super) fn recorded_config(config: &Config, file: &Path) -> Result<serde_json::Value> {
+    config
+        .to_table()
+        .and_then(|t| serde_json::to_value(t).map_err(|e| Error::config("(base)", e.to_string())))
+        .map_err(|e| Error::data(file, format!("cannot record the config: {e}")))
+}
+
+/// The pretraining config a row records, if it records one.
+fn config_of(r: &JobResult, path: &Path) -> Result<Option<Config>> {
+    let Some(value) = &r.config else { return Ok(None) };
+    let unreadable = |e: String| {
+        Error::data(path, format!("job {}'s recorded config cannot be read: {e}", r.id))
+    };
+    let table: toml::Table =
+        serde_json::from_value(value.clone()).map_err(|e| unreadable(e.to_string()))?;
+    Config::default().with_overlay(table).map(Some).map_err(|e| unreadable(e.to_string()))
+}
+
+/// The recorded results of the plan's jobs must come from the same budget,
+/// pretraining recipe and probe recipe, or the tables would mix them.
 pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) -> Result<()> {
     for r in results {
         let Some(job) = plan.jobs.iter().find(|j| j.id == r.id) else { continue };
@@ -178,6 +206,22 @@ pub(super) fn check_recorded(plan: &Plan, results: &[JobResult], path: &Path) ->
                     plan.path.display()
                 ),
             ));
+        }
+        if let Some(recorded) = config_of(r, path)? {
+            let asked = job.config.continuing(&recorded);
+            if asked != recorded {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "job {} was pretrained with another recipe than the plan {} asks for \
+                         (differs in {}). Set the old values in the plan, or give another \
+                         --results file to start a new grid",
+                        r.id,
+                        plan.path.display(),
+                        recorded.differing_keys(&asked).join(", ")
+                    ),
+                ));
+            }
         }
         for (name, e) in &r.evaluations {
             let Some(&p) = plan.protocols.iter().find(|p| p.to_string() == *name) else { continue };
@@ -243,6 +287,7 @@ mod tests {
             wall_s: 60.0,
             cpu_steal_fraction: None,
             steps: 3,
+            config: None,
             precision: Some("fp32".into()),
             probe: ProbeConfig::default(),
             started_at: 0,
