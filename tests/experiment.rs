@@ -2,8 +2,9 @@
 //! same command without rerunning a job, the report's mean ± std, and plan
 //! errors that name the key.
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use pixpro::tools::experiment::{
     markdown, missing_protocols, read_results, run, write_report, Hardware, JobResult, Plan,
@@ -225,6 +226,41 @@ fn a_protocol_added_later_is_measured_on_kept_checkpoints() {
     let changed = more.replace("pairs_per_image = 1", "pairs_per_image = 2");
     let e = run(&Plan::load(&write_plan(dir.path(), &changed)).unwrap(), &opts).unwrap_err();
     assert!(e.to_string().contains("correspondence was run with recipe"), "{e}");
+}
+
+#[test]
+fn a_signal_is_answered_at_once_and_the_grid_stops_after_the_job() {
+    let (dir, opts) = tiny_grid(&[]);
+    let plan = write_plan(dir.path(), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixpro"))
+        .args(["experiment", "--plan"])
+        .arg(&plan)
+        .arg("--out")
+        .arg(&opts.out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said += &format!("{line}\n");
+        if line.contains("start random-s0") {
+            break;
+        }
+    }
+    // random-s0 is measured only: the signal comes during its evaluation.
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    for line in lines {
+        said += &format!("{}\n", line.unwrap());
+    }
+    assert!(child.wait().unwrap().success(), "{said}");
+    assert!(said.contains("stopping: a pretraining stops at its next step"), "{said}");
+    assert!(said.contains("stopped (interrupted by a signal)"), "{said}");
+    let rows = read_results(&opts.results).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["random-s0"], "{said}");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! when pretraining is stopped.
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::job::{evaluate_missing, run_job, Outcome};
 use super::plan::{Job, Plan};
@@ -78,8 +79,8 @@ impl Clock {
 
 /// Runs the plan's jobs that `opts.results` does not hold yet, in order,
 /// recording each as it finishes. A SIGINT or SIGTERM stops after the
-/// current job (pretraining stops at the next step, with a checkpoint); a
-/// second one exits at once.
+/// current job (pretraining stops at the next step, with a checkpoint), and
+/// says so at once; a second one exits at once.
 pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
     // Before the results are read: a second runner would record jobs twice.
     let _owner = DirLock::acquire(&opts.out)?;
@@ -95,6 +96,9 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
         ));
     }
     let interrupted = crate::train::interrupt_flag()?;
+    if !opts.quiet {
+        announce_stopping(interrupted.clone());
+    }
     let done_before = finished_ids(plan, &results);
     let unfinished = plan.jobs.iter().filter(|j| !done_before.contains(&j.id)).count();
     let todo: Vec<&Job> =
@@ -151,6 +155,27 @@ pub fn run(plan: &Plan, opts: &RunnerOptions) -> Result<RunReport> {
         evaluate_recorded(plan, opts, &mut results, &mut report, &interrupted)?;
     }
     Ok(report)
+}
+
+/// Says, as soon as the first signal comes, what it does: pretraining
+/// stops at its next step, but an evaluation under way (minutes, with
+/// fine-tuning) is finished and recorded first, and a runner that said
+/// nothing meanwhile looked hung. Once a process: the flag is the
+/// process's, and so is the thread that watches it.
+fn announce_stopping(interrupted: Arc<AtomicBool>) {
+    static WATCHING: OnceLock<()> = OnceLock::new();
+    WATCHING.get_or_init(|| {
+        std::thread::spawn(move || {
+            while !interrupted.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!(
+                "stopping: a pretraining stops at its next step with a checkpoint, an \
+                 evaluation under way is finished and recorded first; signal again to exit at \
+                 once (that evaluation is then lost, the checkpoint is not)"
+            );
+        });
+    });
 }
 
 fn chosen(opts: &RunnerOptions, job: &Job) -> bool {
