@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(shards.len(), 2);
         assert_eq!(shards.name(1), path.join("sub/001.PNG"));
         assert_eq!(shards.read(1).unwrap(), png(4));
-        assert_eq!(shards.ranges(), &[0..2]);
+        assert_eq!(shards.ranges(), std::slice::from_ref(&(0..2)));
         assert_eq!(report.other_files, 1);
         assert_eq!(report.bad.len(), 1, "{report:?}");
         assert_eq!(report.bad[0].0, path.join("002.jpg"));

@@ -104,20 +104,19 @@ pub fn write_holdout(from: &Path, out: &Path, fraction: f64, seed: u64) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transfer::voc::tests::write_voc;
+    use crate::transfer::voc::tests::{write_voc, Sample};
 
     fn source(root: &Path, n: usize) {
-        let samples: Vec<(String, &str, Vec<[u8; 3]>, Vec<u8>)> = (0..n)
-            .map(|i| {
+        let ids: Vec<String> = (0..n).map(|i| format!("im{i}")).collect();
+        let samples: Vec<Sample> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
                 let split = if i < n - 2 { "train" } else { "val" };
-                (format!("im{i}"), split, vec![[20 * i as u8, 0, 0]; 4], vec![(i % 2) as u8; 4])
+                (id.as_str(), split, vec![[20 * i as u8, 0, 0]; 4], vec![(i % 2) as u8; 4])
             })
             .collect();
-        let refs: Vec<_> = samples
-            .iter()
-            .map(|(id, s, rgb, m)| (id.as_str(), *s, rgb.clone(), m.clone()))
-            .collect();
-        write_voc(root, 2, 2, &refs);
+        write_voc(root, 2, 2, &samples);
         std::fs::write(root.join("classes.txt"), "bg\nthing\n").unwrap();
     }
 
