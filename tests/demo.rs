@@ -37,6 +37,31 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
         "1",
     ]);
     assert!(ok, "{err}");
+    // One begun under another learning-rate rule (the preset's before
+    // issue #17) is not continued under the preset's.
+    let old = tmp.path().join("old-preset");
+    let linear = tmp.path().join("linear.toml");
+    std::fs::write(&linear, "[optim]\nlr_scaling = \"linear\"\nlr_per_256 = 1.0\n").unwrap();
+    let (ok, _, err) = pixpro(&[
+        "pretrain",
+        "--data",
+        s(&data.join("pretrain")),
+        "--out",
+        s(&old.join("pretrain")),
+        "--preset",
+        "cpu",
+        "--config",
+        s(&linear),
+        "--steps",
+        "2",
+        "--stop-at",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = pixpro(&["demo", "--out", s(&old), "--data", s(&data), "--steps", "2"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("another recipe") && err.contains("optim.lr_per_256, optim.lr_scaling"), "{err}");
+    assert!(err.contains(s(&old.join("pretrain"))), "{err}");
 
     let demo =
         ["demo", "--out", s(&out), "--data", s(&data), "--steps", "2", "--protocols", "retrieval"];

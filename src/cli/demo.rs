@@ -120,6 +120,7 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
         preset_steps
     );
     ensure_tuxseg(&data)?;
+    same_recipe(&cfg, &run)?;
     announce_time(args, &cfg, &data, &run)?;
     eprintln!("[2/3] pretraining into {}", run.display());
     let summary =
@@ -150,6 +151,28 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
             ours.score,
             random.score,
             ours.score - random.score
+        );
+    }
+    Ok(())
+}
+
+/// A pretraining the demo left in `run` continues only if it is the recipe
+/// asked for now. A run begun by an earlier version, under a preset that has
+/// changed since, would otherwise finish under the new one, or, finished,
+/// be measured and reported as the preset's.
+fn same_recipe(cfg: &Config, run: &Path) -> Result<()> {
+    let dir = RunDir::new(run);
+    if !dir.can_resume() {
+        return Ok(());
+    }
+    let saved = train::saved_config(&dir)?;
+    if cfg.continuing(&saved) != saved {
+        anyhow::bail!(
+            "{} was pretrained with another recipe than this demo's (differs in {}), perhaps \
+             by an earlier version of the cpu preset; move it away, or give another --out, to \
+             pretrain it again",
+            run.display(),
+            saved.differing_keys(&cfg.continuing(&saved)).join(", ")
         );
     }
     Ok(())
