@@ -44,7 +44,7 @@ for prec in fp32 bf16; do
     fi
 done
 step "bench: the cpu preset's recipe on the GPU, fp32 and bf16"
-"$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --steps 20 --json | tee "$OUT/bench-cpu-preset.txt"
+"$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --precision fp32 --steps 20 --json | tee "$OUT/bench-cpu-preset.txt"
 "$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --precision bf16 --steps 20 --json | tee "$OUT/bench-cpu-preset-bf16.txt"
 
 for s in $SEEDS; do

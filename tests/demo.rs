@@ -67,7 +67,7 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
         ["demo", "--out", s(&out), "--data", s(&data), "--steps", "2", "--protocols", "retrieval"];
     let (ok, table, err) = pixpro(&demo);
     assert!(ok, "{err}");
-    assert!(err.contains("minutes for the preset's 1000 steps on 2 idle cores"), "{err}");
+    assert!(err.contains("minutes for the preset's 1330 steps on 2 idle cores"), "{err}");
     let timed =
         err.lines().find(|l| l.contains("images/s here")).unwrap_or_else(|| panic!("{err}"));
     assert!(timed.contains("(1 step, continuing from step 1)"), "{timed}");
