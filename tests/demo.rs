@@ -22,45 +22,27 @@ fn demo_announces_its_time_continues_a_stopped_run_and_ends_with_the_table() {
         "4",
     ]);
     assert!(ok, "{err}");
-    // A pretraining the demo would have left at step 1 of 2.
-    let (ok, _, err) = pixpro(&[
-        "pretrain",
-        "--data",
-        s(&data.join("pretrain")),
-        "--out",
-        s(&out.join("pretrain")),
-        "--preset",
-        "cpu",
-        "--steps",
-        "2",
-        "--stop-at",
-        "1",
-    ]);
-    assert!(ok, "{err}");
+    // Step 1 of a 2-step pretraining of the preset into `run`, with `extra`
+    // flags: what a stopped demo leaves.
+    let begin = |run: &std::path::Path, extra: &[&str]| {
+        let pretrain = data.join("pretrain");
+        let mut args = vec!["pretrain", "--data", s(&pretrain), "--out", s(run)];
+        args.extend(["--preset", "cpu", "--steps", "2", "--stop-at", "1"]);
+        args.extend(extra);
+        let (ok, _, err) = pixpro(&args);
+        assert!(ok, "{err}");
+    };
+    begin(&out.join("pretrain"), &[]);
     // One begun under another learning-rate rule (the preset's before
     // issue #17) is not continued under the preset's.
     let old = tmp.path().join("old-preset");
     let linear = tmp.path().join("linear.toml");
     std::fs::write(&linear, "[optim]\nlr_scaling = \"linear\"\nlr_per_256 = 1.0\n").unwrap();
-    let (ok, _, err) = pixpro(&[
-        "pretrain",
-        "--data",
-        s(&data.join("pretrain")),
-        "--out",
-        s(&old.join("pretrain")),
-        "--preset",
-        "cpu",
-        "--config",
-        s(&linear),
-        "--steps",
-        "2",
-        "--stop-at",
-        "1",
-    ]);
-    assert!(ok, "{err}");
+    begin(&old.join("pretrain"), &["--config", s(&linear)]);
     let (ok, _, err) = pixpro(&["demo", "--out", s(&old), "--data", s(&data), "--steps", "2"]);
     assert!(!ok, "{err}");
-    assert!(err.contains("another recipe") && err.contains("optim.lr_per_256, optim.lr_scaling"), "{err}");
+    let keys = "optim.lr_per_256, optim.lr_scaling";
+    assert!(err.contains("another recipe") && err.contains(keys), "{err}");
     assert!(err.contains(s(&old.join("pretrain"))), "{err}");
 
     let demo =
