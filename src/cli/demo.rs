@@ -170,13 +170,14 @@ fn same_recipe(cfg: &Config, run: &Path) -> Result<()> {
         return Ok(());
     }
     let saved = train::saved_config(&dir)?;
-    if cfg.continuing(&saved) != saved {
+    let continued = cfg.continuing(&saved);
+    if continued != saved {
         anyhow::bail!(
             "{} was pretrained with another recipe than this demo's (differs in {}), perhaps \
              by an earlier version of the cpu preset; move it away, or give another --out, to \
              pretrain it again",
             run.display(),
-            saved.differing_keys(&cfg.continuing(&saved)).join(", ")
+            saved.differing_keys(&continued).join(", ")
         );
     }
     Ok(())
