@@ -240,6 +240,26 @@ fn resuming_with_another_world_size_continues_the_run() {
 }
 
 #[test]
+fn the_ranks_of_a_run_under_auto_precision_choose_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 32);
+    let run = tmp.path().join("run");
+    let fp32 = config(tmp.path(), 8, true, 2);
+    let text = std::fs::read_to_string(&fp32).unwrap();
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    let auto = tmp.path().join("auto.toml");
+    std::fs::write(&auto, text.replace("precision = \"fp32\"", "precision = \"auto\"")).unwrap();
+    // Where the CPU has bf16 units both ranks time a trial and sum their
+    // times in a collective; a rank that skipped it would leave the other
+    // waiting until the 30 s timeout fails the run.
+    two_ranks(&auto, &data, &run, &[]);
+    let saved = Config::from_toml_file(&run.join("config.toml"), &Config::default()).unwrap();
+    assert_ne!(saved.train.precision.name(), "auto");
+    assert_eq!(logged_steps(&run), vec![1, 2]);
+}
+
+#[test]
 fn a_rank_that_dies_makes_the_others_exit_with_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("images");

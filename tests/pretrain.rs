@@ -7,7 +7,6 @@ use std::process::Command;
 use pixpro::model::precision::Precision;
 use pixpro::train::config::Config;
 use pixpro::train::pretrain;
-use tch::Device;
 
 mod common;
 use common::{check_events, make_images, options, tensors, TINY, TRAIN_SCALARS};
@@ -21,19 +20,28 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("images");
     make_images(&data, 12);
-    // Under `auto`, as users run it: the saved config holds what it chose.
+    // Under `auto`, as users run it: the saved config holds what it chose,
+    // and the resumed half must compute in that, not choose again.
     let mut cfg = tiny_config();
     cfg.train.precision = Precision::Auto;
-
-    let straight = tmp.path().join("straight");
-    let s = pretrain(&cfg, &options(&data, &straight, None)).unwrap();
-    assert_eq!((s.steps_done, s.finished), (6, true));
-
     let split = tmp.path().join("split");
     let first = pretrain(&cfg, &options(&data, &split, Some(2))).unwrap();
     assert_eq!((first.steps_done, first.finished), (2, false));
+    let saved = || Config::from_toml_file(&split.join("config.toml"), &Config::default()).unwrap();
+    let chosen = saved().train.precision;
+    assert_ne!(chosen, Precision::Auto);
+
+    // Where fp32 and bf16 time alike, a second trial could choose the
+    // other, so the straight run is told what the first one chose.
+    let mut straight_cfg = cfg.clone();
+    straight_cfg.train.precision = chosen;
+    let straight = tmp.path().join("straight");
+    let s = pretrain(&straight_cfg, &options(&data, &straight, None)).unwrap();
+    assert_eq!((s.steps_done, s.finished), (6, true));
+
     let second = pretrain(&cfg, &options(&data, &split, None)).unwrap();
     assert_eq!((second.steps_done, second.finished), (6, true));
+    assert_eq!(saved().train.precision, chosen);
 
     let a = tensors(&straight.join("checkpoints/last.safetensors"));
     let b = tensors(&split.join("checkpoints/last.safetensors"));
@@ -45,8 +53,30 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     // The weights really moved, so equality above is not trivially true.
     let init = tensors(&split.join("checkpoints/step-0000003.safetensors"));
     assert!(init.iter().zip(&a).any(|((_, t0), (_, t1))| !t0.equal(t1)));
-    let saved = Config::from_toml_file(&split.join("config.toml"), &Config::default()).unwrap();
-    assert_eq!(saved.train.precision, Precision::Auto.resolve(Device::Cpu).0);
+}
+
+#[test]
+fn the_preset_computes_in_what_a_trial_chose_where_the_cpu_has_bf16_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    // No precision in the file: the `cpu` preset's `auto` decides.
+    let cfg = write_config(tmp.path(), "");
+    let run = tmp.path().join("run");
+    let (d, c, r) = (data.to_str().unwrap(), cfg.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, log) = pixpro(&["pretrain", "--data", d, "--out", r, "--config", c, "--stop-at", "1"]);
+    assert!(ok, "{log}");
+    let saved = Config::from_toml_file(&run.join("config.toml"), &Config::default()).unwrap();
+    let kept = saved.train.precision.name();
+    let line =
+        log.lines().find(|l| l.contains("precision auto:")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(&format!("auto: {kept}")), "{line}");
+    match pixpro::model::precision::cpu_bf16_units() {
+        Some(unit) => {
+            assert!(line.contains("in a trial on this CPU") && line.contains(unit), "{line}")
+        }
+        None => assert_eq!(kept, "fp32", "{line}"),
+    }
 }
 
 #[test]

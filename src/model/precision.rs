@@ -21,16 +21,16 @@ extern "C" {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// float32 throughout (the default, and what the parity tests check).
+    /// float32 throughout (what the parity tests check).
     #[default]
     Fp32,
     /// bfloat16 autocast for the encoders and projectors.
     Bf16,
-    /// bf16 where the hardware computes bfloat16 natively (a CPU with
-    /// AVX-512 BF16 or AMX, a CUDA device of compute capability 8.0 or
-    /// later), fp32 elsewhere, where bf16 is emulated and slower. Resolved
-    /// once when a run starts ([`Precision::resolve`]); the run's config
-    /// keeps the result, so a resumed run computes as it began.
+    /// bf16 where it pays: on a CUDA device of compute capability 8.0 or
+    /// later, and on a CPU with AVX-512 BF16 or AMX where a timed trial
+    /// finds it clearly faster (`train::precision_trial`); fp32 elsewhere.
+    /// Resolved once when a run starts; the run's config keeps the result,
+    /// so a resumed run computes as it began. The presets' default.
     Auto,
 }
 
@@ -43,8 +43,10 @@ impl Precision {
         }
     }
 
-    /// fp32 or bf16 on `device`, with why in words (for the start of a
-    /// run); fp32 and bf16 stay as asked.
+    /// fp32 or bf16 on `device` by the hardware alone, with why in words;
+    /// fp32 and bf16 stay as asked. A run refines `auto` on a CPU with
+    /// bfloat16 units by timing both (`train::precision_trial`), as the
+    /// units alone do not make bf16 faster there.
     pub fn resolve(self, device: Device) -> (Precision, String) {
         match self {
             Precision::Fp32 | Precision::Bf16 => (self, format!("{} as asked", self.name())),

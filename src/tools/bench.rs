@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::data::loader::Loader;
 use crate::train::config::Config;
+use crate::train::precision_trial;
 use crate::train::steal::{steal_since, CpuTimes};
 use crate::train::{open_loader, pick_device, Trainer};
 use crate::{Error, Result};
@@ -145,6 +146,12 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
 
     let (_, data_images_per_sec) = time_loader(&loader, data, steps)?;
 
+    // What a run of `cfg` would compute in here, `auto` by the same trial.
+    let (precision, why) = precision_trial::resolve(cfg, device, None, &loader)?;
+    tracing::info!("precision {why}");
+    let mut resolved = cfg.clone();
+    resolved.train.precision = precision;
+    let cfg = &resolved;
     let mut trainer = Trainer::new(cfg, loader.batches_per_epoch(), device)?;
     let mut batches = loader.iter_from(0, 0);
     let mut times = Vec::with_capacity(steps);
@@ -175,7 +182,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
         image_size: cfg.augment.image_size,
         batch_size: cfg.train.batch_size,
         output_stride: cfg.model.output_stride,
-        precision: cfg.train.precision.resolve(device).0.name(),
+        precision: precision.name(),
         device: format!("{device:?}"),
         torch_threads,
         workers,

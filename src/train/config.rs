@@ -124,8 +124,9 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// `"fp32"`, `"bf16"` (bfloat16 autocast for the encoders' and
     /// projectors' forward passes, see `precision`) or `"auto"` (bf16 where
-    /// the hardware computes it natively, fp32 elsewhere; a run's saved
-    /// config holds what it chose). fp32 unless asked for.
+    /// it pays, see [`Precision::Auto`]; a run's saved config holds what it
+    /// chose). The presets ask for `auto`; a config built from
+    /// `Config::default()` alone, as the parity tests' are, for fp32.
     pub precision: Precision,
     /// Stop the run after this many consecutive steps skipped for a
     /// non-finite loss or gradient (a single bad batch is skipped and the
@@ -191,9 +192,14 @@ pub enum Preset {
 impl Preset {
     pub fn config(self) -> Config {
         match self {
-            Preset::PaperR50 => Config::default(),
+            Preset::PaperR50 => {
+                let mut c = Config::default();
+                c.train.precision = Precision::Auto;
+                c
+            }
             Preset::Cpu => {
                 let mut c = Config::default();
+                c.train.precision = Precision::Auto;
                 c.model.arch = Arch::ResNet18;
                 c.model.output_stride = 16;
                 c.model.proj_hidden = 2048;
@@ -488,10 +494,11 @@ mod tests {
     }
 
     #[test]
-    fn precision_is_fp32_unless_asked_and_bad_values_list_the_choices() {
+    fn presets_choose_precision_and_bad_values_list_the_choices() {
         for preset in [Preset::Cpu, Preset::PaperR50] {
-            assert_eq!(preset.config().train.precision, Precision::Fp32);
+            assert_eq!(preset.config().train.precision, Precision::Auto);
         }
+        assert_eq!(Config::default().train.precision, Precision::Fp32);
         let c = Config::from_toml_str("[train]\nprecision = \"bf16\"\n", &Config::default());
         assert_eq!(c.unwrap().train.precision, Precision::Bf16);
         let c = Config::from_toml_str("[train]\nprecision = \"auto\"\n", &Config::default());

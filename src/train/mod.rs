@@ -5,6 +5,8 @@
 //!   validation.
 //! - [`machine`]: what a run takes from the machine: the device, the loader
 //!   and its threads, the signal flag.
+//! - [`precision_trial`]: what `precision = "auto"` computes in on a CPU
+//!   with bfloat16 units, decided by timing both.
 //! - [`trainer`]: one step: forward, loss, backward, LARS, and the guard
 //!   that skips a non-finite one.
 //! - [`run`]: the loop, in phases: connect, open or resume, step, log,
@@ -24,6 +26,7 @@
 pub mod config;
 pub mod machine;
 pub mod trainer;
+pub mod precision_trial;
 pub mod run;
 pub mod report;
 pub mod events;

@@ -21,13 +21,15 @@ use crate::data::loader::{BatchIter, Loader};
 use crate::distributed::collective::{Group, Launch};
 use crate::distributed::syncbn;
 use crate::files::{copy_atomically, write_atomically};
+use crate::model::precision::Precision;
 use crate::train::checkpoint::{Checkpoint, Meta, FORMAT_VERSION};
 use crate::train::config::Config;
 use crate::train::events;
 use crate::train::lock::DirLock;
 use crate::train::machine::{interrupt_flag, open_sharded_loader, pick_device};
+use crate::train::precision_trial;
 use crate::train::report::{progress_bar, MetricsLine, RunSummary, Window};
-use crate::train::run_dir::{draw_loss_plot, truncate_metrics, RunDir};
+use crate::train::run_dir::{draw_loss_plot, saved_config, truncate_metrics, RunDir};
 use crate::train::steal::{self, steal_since, CpuTimes};
 use crate::train::trainer::{StepStats, Trainer};
 use crate::{Error, Result};
@@ -79,21 +81,30 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
     let started = Instant::now();
     let (device, group) = Run::connect(cfg)?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    // Rank 0 owns the run directory; the other ranks never write it.
+    let _owner = match rank {
+        0 => Some(DirLock::acquire(&opts.run.root)?),
+        _ => None,
+    };
+    let threads = tch::get_num_threads().max(1) as usize;
+    let loader = open_sharded_loader(cfg, &opts.data, threads, device, rank, world)?;
     // config.toml and the checkpoints keep the precision `auto` chose, so
     // that a resume, even on other hardware, computes as the run began.
-    let (precision, why) = cfg.train.precision.resolve(device);
-    if group.as_ref().is_none_or(|g| g.rank() == 0) {
+    let (precision, why) = match cfg.train.precision {
+        Precision::Auto if opts.run.can_resume() => {
+            let saved = saved_config(&opts.run)?.train.precision;
+            (saved, format!("auto: {}, as the run began", saved.name()))
+        }
+        _ => precision_trial::resolve(cfg, device, group.as_ref(), &loader)?,
+    };
+    if rank == 0 {
         tracing::info!("precision {why}");
     }
     let mut resolved = cfg.clone();
     resolved.train.precision = precision;
     let cfg = &resolved;
-    // Rank 0 owns the run directory; the other ranks never write it.
-    let _owner = match group.as_ref().map_or(0, |g| g.rank()) {
-        0 => Some(DirLock::acquire(&opts.run.root)?),
-        _ => None,
-    };
-    let mut run = Run::open(cfg, opts, device, group, started)?;
+    let mut run = Run::open(cfg, opts, loader, device, group, started)?;
     let ending = run.train()?;
     run.finish(ending)
 }
@@ -189,20 +200,19 @@ impl<'a> Run<'a> {
         Ok((device, group))
     }
 
-    /// The loader and the trainer of this rank, resumed where the run's
+    /// The trainer of this rank on its `loader`, resumed where the run's
     /// newest checkpoint left off and the same on every rank, with the
     /// run's files open for what comes.
     fn open(
         cfg: &'a Config,
         opts: &'a RunOptions,
+        loader: Loader,
         device: Device,
         group: Option<Arc<Group>>,
         started: Instant,
     ) -> Result<Run<'a>> {
         let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
         let main = rank == 0;
-        let threads = tch::get_num_threads().max(1) as usize;
-        let loader = open_sharded_loader(cfg, &opts.data, threads, device, rank, world)?;
         let per_epoch = loader.batches_per_epoch() as u64;
         let mut trainer = Trainer::with_group(cfg, per_epoch as usize, device, group.clone())?;
         let sync_bn =
