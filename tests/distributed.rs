@@ -250,8 +250,8 @@ fn the_ranks_of_a_run_under_auto_precision_choose_together() {
     assert!(text.contains("precision = \"fp32\""), "{text}");
     let auto = tmp.path().join("auto.toml");
     std::fs::write(&auto, text.replace("precision = \"fp32\"", "precision = \"auto\"")).unwrap();
-    // Where the CPU has bf16 units both ranks time a trial and sum their
-    // times in a collective; a rank that skipped it would leave the other
+    // Rank 0 decides (by a trial where the CPU has bf16 units) and tells
+    // rank 1 in a collective; a rank that skipped it would leave the other
     // waiting until the 30 s timeout fails the run.
     two_ranks(&auto, &data, &run, &[]);
     let saved = Config::from_toml_file(&run.join("config.toml"), &Config::default()).unwrap();

@@ -147,7 +147,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
     let (_, data_images_per_sec) = time_loader(&loader, data, steps)?;
 
     // What a run of `cfg` would compute in here, `auto` by the same trial.
-    let (precision, why) = precision_trial::resolve(cfg, device, None, &loader)?;
+    let (precision, why) = precision_trial::resolve(cfg, device, &loader)?;
     tracing::info!("precision {why}");
     let mut resolved = cfg.clone();
     resolved.train.precision = precision;

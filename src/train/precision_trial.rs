@@ -8,11 +8,12 @@
 //!
 //! The trial trains a throwaway model on the first batch, before the run's
 //! own trainer is made and seeded, so the run's numbers do not depend on
-//! it; only its outcome, saved in config.toml, does.
-use std::sync::Arc;
+//! it; only its outcome, saved in config.toml, does. In a data-parallel run
+//! rank 0 alone tries and decides, and tells the other ranks
+//! ([`from_rank0`]).
 use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::data::loader::{Batch, Loader};
 use crate::distributed::collective::Group;
@@ -36,44 +37,14 @@ const BF16_AT_MOST: f64 = 0.9;
 /// The precision a run of `cfg` computes in on `device`, with why in words
 /// (for the start of the run). fp32 and bf16 stay as asked; `auto` follows
 /// [`Precision::resolve`], except on a CPU with bfloat16 units, where the
-/// trial decides. In a data-parallel run every rank calls this at the same
-/// point and all get the same answer: the ranks' step times are summed.
-pub fn resolve(
-    cfg: &Config,
-    device: Device,
-    group: Option<&Arc<Group>>,
-    loader: &Loader,
-) -> Result<(Precision, String)> {
+/// trial decides.
+pub fn resolve(cfg: &Config, device: Device, loader: &Loader) -> Result<(Precision, String)> {
     let asked = cfg.train.precision;
-    if asked != Precision::Auto || device.is_cuda() {
-        return Ok(asked.resolve(device));
-    }
     let unit = precision::cpu_bf16_units();
-    let times = match unit {
-        Some(_) => time_both(cfg, device, loader)?,
-        None => [0.0, 0.0],
+    let (Precision::Auto, false, Some(unit)) = (asked, device.is_cuda(), unit) else {
+        return Ok(asked.resolve(device));
     };
-    // [ranks with bf16 units, fp32 seconds, bf16 seconds], over all ranks.
-    let mut sums = Tensor::from_slice(&[f64::from(u8::from(unit.is_some())), times[0], times[1]]);
-    let ranks = match group {
-        Some(g) => {
-            g.all_reduce_sum(std::slice::from_mut(&mut sums))?;
-            g.world_size()
-        }
-        None => 1,
-    };
-    let sums = Vec::<f64>::try_from(&sums.to_kind(Kind::Double))?;
-    let (with_units, fp32, bf16) = (sums[0].round() as usize, sums[1], sums[2]);
-    let Some(unit) = unit.filter(|_| with_units == ranks) else {
-        let (p, why) = Precision::Auto.resolve(device);
-        return Ok(match with_units {
-            0 => (p, why),
-            n => (
-                Precision::Fp32,
-                format!("auto: fp32, {} of {ranks} ranks' CPUs lack bfloat16 units", ranks - n),
-            ),
-        });
-    };
+    let [fp32, bf16] = time_both(cfg, device, loader)?;
     let speed = fp32 / bf16;
     Ok(if bf16 <= BF16_AT_MOST * fp32 {
         (
@@ -90,6 +61,15 @@ pub fn resolve(
             ),
         )
     })
+}
+
+/// Rank 0's `precision` on every rank of `group`: rank 0 alone decides, as
+/// it alone reads the run's saved config when resuming, and the ranks of
+/// one run must compute alike. Every rank calls this at the same point.
+pub fn from_rank0(group: &Group, device: Device, precision: Precision) -> Result<Precision> {
+    let mut code = Tensor::from_slice(&[i64::from(precision == Precision::Bf16)]).to_device(device);
+    group.broadcast(std::slice::from_mut(&mut code), 0)?;
+    Ok(if i64::try_from(&code)? == 1 { Precision::Bf16 } else { Precision::Fp32 })
 }
 
 /// The fastest of [`TIMED_STEPS`] training steps in fp32 and in bf16, in

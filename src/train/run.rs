@@ -91,15 +91,21 @@ pub fn pretrain(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let loader = open_sharded_loader(cfg, &opts.data, threads, device, rank, world)?;
     // config.toml and the checkpoints keep the precision `auto` chose, so
     // that a resume, even on other hardware, computes as the run began.
-    let (precision, why) = match cfg.train.precision {
-        Precision::Auto if opts.run.can_resume() => {
+    let mut precision = match (rank, cfg.train.precision) {
+        (0, Precision::Auto) if opts.run.can_resume() => {
             let saved = saved_config(&opts.run)?.train.precision;
-            (saved, format!("auto: {}, as the run began", saved.name()))
+            tracing::info!("precision auto: {}, as the run began", saved.name());
+            saved
         }
-        _ => precision_trial::resolve(cfg, device, group.as_ref(), &loader)?,
+        (0, _) => {
+            let (precision, why) = precision_trial::resolve(cfg, device, &loader)?;
+            tracing::info!("precision {why}");
+            precision
+        }
+        (_, asked) => asked,
     };
-    if rank == 0 {
-        tracing::info!("precision {why}");
+    if let Some(g) = &group {
+        precision = precision_trial::from_rank0(g, device, precision)?;
     }
     let mut resolved = cfg.clone();
     resolved.train.precision = precision;
