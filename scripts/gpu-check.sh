@@ -47,6 +47,8 @@ step "bench: the cpu preset's recipe on the GPU, fp32 and bf16"
 "$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --precision fp32 --steps 20 --json | tee "$OUT/bench-cpu-preset.txt"
 "$BIN" bench --data "$DATA/pretrain" --preset cpu --device cuda --precision bf16 --steps 20 --json | tee "$OUT/bench-cpu-preset-bf16.txt"
 
+# The demo as users get it: the preset's `auto`, which is bf16 on a GPU of
+# compute capability 8.0 or later (the benches above pin their precision).
 for s in $SEEDS; do
     step "demo seed $s: pretrain (cpu preset) + probe vs random init"
     "$BIN" demo --data "$DATA" --out "$OUT/demo-s$s" --seed "$s" --device cuda | tee "$OUT/demo-s$s.txt"

@@ -56,6 +56,31 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
 }
 
 #[test]
+fn a_resume_under_auto_takes_the_saved_precision_and_tries_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    make_images(&data, 8);
+    let mut cfg = tiny_config();
+    cfg.train.precision = Precision::Auto;
+    let run = tmp.path().join("run");
+    pretrain(&cfg, &options(&data, &run, Some(3))).unwrap();
+    // Saved as the other precision than the one chosen: a resume that
+    // tried again, or read the CPU's flags, would not keep it every time.
+    let path = run.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let chosen = Config::from_toml_str(&text, &Config::default()).unwrap().train.precision;
+    let other = if chosen == Precision::Bf16 { Precision::Fp32 } else { Precision::Bf16 };
+    let swapped = text.replace(
+        &format!("precision = \"{}\"", chosen.name()),
+        &format!("precision = \"{}\"", other.name()),
+    );
+    assert_ne!(swapped, text);
+    std::fs::write(&path, swapped).unwrap();
+    let resumed = pretrain(&cfg, &options(&data, &run, None)).unwrap();
+    assert_eq!((resumed.steps_done, resumed.precision.as_str()), (6, other.name()));
+}
+
+#[test]
 fn the_preset_computes_in_what_a_trial_chose_where_the_cpu_has_bf16_units() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("images");

@@ -194,9 +194,13 @@ fn kill(child: &Child, signal: &str) {
     assert!(ok.success());
 }
 
+/// The tiny recipe for `pixpro pretrain --config`, in fp32: under the
+/// preset's `auto` two fresh runs would each time a precision trial, and at
+/// this size, where a step is mostly overhead, the two can choose apart.
 fn write_config(dir: &Path, steps: u64) -> PathBuf {
     let path = dir.join("tiny.toml");
-    std::fs::write(&path, TINY.replace("steps = 6", &format!("steps = {steps}"))).unwrap();
+    let train = format!("steps = {steps}\nprecision = \"fp32\"");
+    std::fs::write(&path, TINY.replace("steps = 6", &train)).unwrap();
     path
 }
 

@@ -40,7 +40,9 @@ pub(super) struct BenchArgs {
     threads: Option<usize>,
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
-    /// Arithmetic of the networks' forward passes [default: the config's, fp32].
+    /// Arithmetic of the networks' forward passes: fp32, bf16, or auto (as a run would choose,
+    /// by a timed trial on a CPU with bfloat16 units) [default: the config's; the presets' is
+    /// auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// End with one JSON line (images_per_sec, peak_rss_mb, data_wait_fraction, ...).
@@ -103,7 +105,7 @@ pub(super) fn run(args: &BenchArgs) -> Result<()> {
         r.image_size,
         r.batch_size,
         r.output_stride,
-        r.precision,
+        r.precision.name(),
         r.device,
         r.torch_threads,
         r.workers

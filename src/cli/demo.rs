@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use pixpro::model::precision::Precision;
 use pixpro::tools::bench;
 use pixpro::tools::tuxseg::{self, TuxsegOptions};
 use pixpro::train::checkpoint::Checkpoint;
@@ -124,8 +125,12 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
         preset_steps
     );
     ensure_tuxseg(&data)?;
-    same_recipe(&cfg, &run)?;
-    announce_time(args, &cfg, &data, &run)?;
+    let mut cfg = recipe_to_continue(&cfg, &run)?;
+    // The precision the timing was taken in, so that `auto`'s trial runs
+    // once and the estimate is of the arithmetic the pretraining uses.
+    if let Some(timed) = announce_time(args, &cfg, &data, &run)? {
+        cfg.train.precision = timed;
+    }
     eprintln!("[2/3] pretraining into {}", run.display());
     let summary =
         train::pretrain(&cfg, &RunOptions::new(data.join("pretrain"), RunDir::new(&run)))?;
@@ -160,14 +165,15 @@ pub(super) fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// A pretraining the demo left in `run` continues only if it is the recipe
-/// asked for now. A run begun by an earlier version, under a preset that has
-/// changed since, would otherwise finish under the new one, or, finished,
-/// be measured and reported as the preset's.
-fn same_recipe(cfg: &Config, run: &Path) -> Result<()> {
+/// `cfg`, or where the demo left a pretraining in `run`, `cfg` continuing
+/// it (with the precision it began in), which must be the same recipe. A
+/// run begun by an earlier version, under a preset that has changed since,
+/// would otherwise finish under the new one, or, finished, be measured and
+/// reported as the preset's.
+fn recipe_to_continue(cfg: &Config, run: &Path) -> Result<Config> {
     let dir = RunDir::new(run);
     if !dir.can_resume() {
-        return Ok(());
+        return Ok(cfg.clone());
     }
     let saved = train::saved_config(&dir)?;
     let continued = cfg.continuing(&saved);
@@ -180,14 +186,20 @@ fn same_recipe(cfg: &Config, run: &Path) -> Result<()> {
             saved.differing_keys(&continued).join(", ")
         );
     }
-    Ok(())
+    Ok(continued)
 }
 
 /// Times a few training steps of `cfg` on this machine, as it is loaded
 /// now, and says how long the rest of the demo will take: the start line's
 /// minutes are a fast machine's, and a slow one takes several times longer.
-/// Nothing is timed when the pretraining is already done.
-fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Result<()> {
+/// The precision it timed, or `None` when the pretraining is already done
+/// and nothing is timed.
+fn announce_time(
+    args: &DemoArgs,
+    cfg: &Config,
+    data: &Path,
+    run: &Path,
+) -> Result<Option<Precision>> {
     // The checkpoint a resume would start from: last.safetensors, or the
     // newest numbered copy where that is unreadable.
     let done = RunDir::new(run)
@@ -197,7 +209,7 @@ fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Resu
         .map_or(0, |m| m.step);
     let steps_left = cfg.train.steps.saturating_sub(done);
     if steps_left == 0 {
-        return Ok(());
+        return Ok(None);
     }
     eprintln!("      timing {TIMED_STEPS} training steps on this machine");
     let timed = bench::run(cfg, &data.join("pretrain"), 1, TIMED_STEPS)?;
@@ -212,7 +224,7 @@ fn announce_time(args: &DemoArgs, cfg: &Config, data: &Path, run: &Path) -> Resu
         if done > 0 { format!(", continuing from step {done}") } else { String::new() },
         pretraining + measuring
     );
-    Ok(())
+    Ok(Some(timed.precision))
 }
 
 /// Step 1: builds TuxSeg into `data` unless it is there already, always

@@ -41,10 +41,11 @@ pub(super) struct PretrainArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Arithmetic of the networks' forward passes: fp32, bf16 autocast
-    /// (faster where the CPU or GPU has bfloat16 units), or auto (bf16
-    /// where the hardware computes it natively, fp32 elsewhere; the run
-    /// keeps what it chose) [default: fp32].
+    /// Arithmetic of the networks' forward passes: fp32, bf16 autocast, or
+    /// auto (bf16 on a CUDA GPU of compute capability 8.0 or later, and on a
+    /// CPU with bfloat16 units where a timed trial of both finds it faster;
+    /// fp32 elsewhere; the run keeps what it chose) [default: the config's;
+    /// the presets' is auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     #[command(flatten)]

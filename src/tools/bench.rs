@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::data::loader::Loader;
+use crate::model::precision::Precision;
 use crate::train::config::Config;
 use crate::train::precision_trial;
 use crate::train::steal::{steal_since, CpuTimes};
@@ -19,8 +20,9 @@ pub struct BenchReport {
     pub image_size: u32,
     pub batch_size: usize,
     pub output_stride: u32,
-    /// `fp32` or `bf16` (the forward passes' arithmetic).
-    pub precision: &'static str,
+    /// `fp32` or `bf16` (the forward passes' arithmetic; under `auto`, what
+    /// its trial chose).
+    pub precision: Precision,
     pub device: String,
     pub torch_threads: i32,
     pub workers: usize,
@@ -182,7 +184,7 @@ pub fn run(cfg: &Config, data: &Path, warmup: usize, steps: usize) -> Result<Ben
         image_size: cfg.augment.image_size,
         batch_size: cfg.train.batch_size,
         output_stride: cfg.model.output_stride,
-        precision: precision.name(),
+        precision,
         device: format!("{device:?}"),
         torch_threads,
         workers,

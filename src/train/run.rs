@@ -2,8 +2,9 @@
 //! -> checkpoints and metrics, in a run directory that can be resumed.
 //!
 //! [`pretrain`] goes through the phases of one run, each a method of `Run`:
-//! `connect` (the device and the ranks of a launch), `open` and `resume`
-//! (the loader, the trainer, its newest checkpoint, the run's files), then
+//! `connect` (the device and the ranks of a launch); then, in `pretrain`
+//! itself, the loader and the precision (`auto`'s trial, on rank 0); `open`
+//! and `resume` (the trainer, its newest checkpoint, the run's files), then
 //! per step `step` (one training step and its non-finite guard), `log`
 //! (metrics line and its TensorBoard event, progress) and `checkpoint` (the
 //! periodic save), and at the end `finish` (final save, plot, summary).
