@@ -81,30 +81,6 @@ fn a_resume_under_auto_takes_the_saved_precision_and_tries_nothing() {
 }
 
 #[test]
-fn the_preset_computes_in_what_a_trial_chose_where_the_cpu_has_bf16_units() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("images");
-    make_images(&data, 8);
-    // No precision in the file: the `cpu` preset's `auto` decides.
-    let cfg = write_config(tmp.path(), "");
-    let run = tmp.path().join("run");
-    let (d, c, r) = (data.to_str().unwrap(), cfg.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, log) = pixpro(&["pretrain", "--data", d, "--out", r, "--config", c, "--stop-at", "1"]);
-    assert!(ok, "{log}");
-    let saved = Config::from_toml_file(&run.join("config.toml"), &Config::default()).unwrap();
-    let kept = saved.train.precision.name();
-    let line =
-        log.lines().find(|l| l.contains("precision auto:")).unwrap_or_else(|| panic!("{log}"));
-    assert!(line.contains(&format!("auto: {kept}")), "{line}");
-    match pixpro::model::precision::cpu_bf16_units() {
-        Some(unit) => {
-            assert!(line.contains("in a trial on this CPU") && line.contains(unit), "{line}")
-        }
-        None => assert_eq!(kept, "fp32", "{line}"),
-    }
-}
-
-#[test]
 fn run_directory_has_config_metrics_and_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("images");
@@ -213,6 +189,19 @@ fn cli_trains_then_continues_the_same_run() {
     let (ok, err) = pixpro(&["pretrain", "--data", d, "--out", r, "--config", c, "--stop-at", "3"]);
     assert!(ok, "{err}");
     assert!(err.contains("run the same command to continue"), "{err}");
+    // No precision in the file: the `cpu` preset's `auto` chose, by a
+    // trial where the CPU has bf16 units, and config.toml keeps its choice.
+    let saved = Config::from_toml_file(&run.join("config.toml"), &Config::default()).unwrap();
+    let kept = saved.train.precision.name();
+    let line =
+        err.lines().find(|l| l.contains("precision auto:")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&format!("auto: {kept}")), "{line}");
+    match pixpro::model::precision::cpu_bf16_units() {
+        Some(unit) => {
+            assert!(line.contains("in a trial on this CPU") && line.contains(unit), "{line}")
+        }
+        None => assert_eq!(kept, "fp32", "{line}"),
+    }
     let (ok, err) = pixpro(&["pretrain", "--data", d, "--out", r, "--config", c]);
     assert!(ok, "{err}");
     assert!(err.contains("resuming") && err.contains("step 6/6"), "{err}");
