@@ -83,15 +83,27 @@ impl Trainer {
     /// A trainer for one rank of a data-parallel run over `group` (one
     /// process when `None`): the learning rate follows the global batch.
     /// Call [`Trainer::sync_from_rank0`] once the state is loaded.
+    ///
+    /// `train.precision` must be fp32 or bf16: `auto` is a run's to decide
+    /// ([`crate::train::precision_trial::resolve`], which `pretrain` and
+    /// `bench` call), and a trainer that read the CPU's flags instead could
+    /// compute in a precision the trial would not have chosen.
     pub fn with_group(
         cfg: &Config,
         batches_per_epoch: usize,
         device: Device,
         group: Option<Arc<Group>>,
     ) -> Result<Trainer> {
+        if cfg.train.precision == Precision::Auto {
+            return Err(Error::config(
+                "train.precision",
+                "a Trainer computes in fp32 or bf16; resolve `auto` first with \
+                 train::precision_trial::resolve, as `pretrain` does",
+            ));
+        }
         tch::manual_seed(cfg.train.seed as i64);
         let mut model = PixPro::new(cfg.model.clone(), device)?;
-        model.precision = cfg.train.precision.resolve(device).0;
+        model.precision = cfg.train.precision;
         if cfg.train.precision == Precision::Bf16
             && !device.is_cuda()
             && precision::cpu_bf16_units().is_none()
@@ -320,4 +332,23 @@ fn batch_tensors(b: &Batch, device: Device) -> (Tensor, Tensor, Tensor, Tensor) 
         upload(Tensor::from_slice(&flat).view([n, 4]))
     };
     (pixels(&b.view1), pixels(&b.view2), coords(&b.coords1), coords(&b.coords2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::Preset;
+
+    #[test]
+    fn a_trainer_asked_for_auto_refuses_and_says_how_to_resolve_it() {
+        let mut cfg = Preset::Cpu.config();
+        assert_eq!(cfg.train.precision, Precision::Auto);
+        let Err(e) = Trainer::new(&cfg, 4, Device::Cpu) else {
+            panic!("a Trainer took `auto` without a trial");
+        };
+        let e = e.to_string();
+        assert!(e.contains("train.precision") && e.contains("precision_trial::resolve"), "{e}");
+        cfg.train.precision = Precision::Bf16;
+        assert_eq!(Trainer::new(&cfg, 4, Device::Cpu).unwrap().model.precision, Precision::Bf16);
+    }
 }
