@@ -85,7 +85,10 @@ fn time_both(cfg: &Config, device: Device, loader: &Loader) -> Result<[f64; 2]> 
         .next()
         .ok_or_else(|| Error::config("train.precision", "the loader gave no batch to time"))??;
     let batch = head(&batch, TRIAL_SAMPLES);
-    let mut trainer = Trainer::new(cfg, loader.batches_per_epoch(), device)?;
+    // A Trainer takes no `auto`; the loop below sets each step's precision.
+    let mut trial = cfg.clone();
+    trial.train.precision = Precision::Fp32;
+    let mut trainer = Trainer::new(&trial, loader.batches_per_epoch(), device)?;
     let order = [Precision::Fp32, Precision::Bf16];
     let mut best = [f64::INFINITY; 2];
     for round in 0..=TIMED_STEPS {
